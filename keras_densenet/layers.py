@@ -1,0 +1,428 @@
+"""DenseNet building blocks as Keras 3 layers (NHWC).
+
+The layers use only ``keras.layers`` and ``keras.ops``, so they run on the
+TensorFlow, JAX and PyTorch backends. Sublayer names follow
+``keras.applications.DenseNet*`` (``conv2_block1_0_bn``, ``pool2_conv``, ...)
+so that published weights map one to one onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+#: BatchNormalization settings of ``keras.applications.DenseNet*``.
+BN_EPSILON = 1.001e-5
+BN_MOMENTUM = 0.99
+
+_PACKAGE = "keras_densenet"
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def _check_rate(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}.")
+    if not 0.0 <= value < 1.0 or math.isnan(value):
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def check_compression(value: Any) -> float:
+    """Validates a transition compression factor theta.
+
+    Args:
+        value: The compression factor.
+
+    Returns:
+        The factor as a float.
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is outside (0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`compression` must be a float in (0, 1], got {value!r}.")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"`compression` must be in (0, 1], got {value!r}.")
+    return float(value)
+
+
+def compressed_channels(channels: int, compression: float) -> int:
+    """Returns ``floor(channels * compression)``, robust to float rounding.
+
+    Args:
+        channels: Number of input channels of a transition.
+        compression: Compression factor theta in (0, 1].
+
+    Returns:
+        The number of output channels.
+    """
+    # 0.29 * 100 == 28.999999999999996 in floating point; the paper means 29.
+    return int(math.floor(channels * compression + 1e-9))
+
+
+def _channels(shape: Sequence[int | None], what: str) -> int:
+    if len(shape) != 4:
+        raise ValueError(
+            f"{what} expects a 4D NHWC input (batch, height, width, channels), "
+            f"got shape {tuple(shape)}."
+        )
+    if shape[-1] is None:
+        raise ValueError(f"{what} needs a known number of channels, got {tuple(shape)}.")
+    return int(shape[-1])
+
+
+def _shape_of_inputs(input_shape: Any) -> tuple[int | None, ...]:
+    """Returns the concatenated shape of a tensor shape or a list of shapes."""
+    if input_shape and isinstance(input_shape[0], (list, tuple)):
+        shapes = [tuple(s) for s in input_shape]
+        channels = sum(_channels(s, "DenseLayer") for s in shapes)
+        return (*shapes[0][:-1], channels)
+    return tuple(input_shape)
+
+
+def _bn(name: str, dtype: Any) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(
+        axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype
+    )
+
+
+def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(
+        filters,
+        size,
+        padding="same",
+        use_bias=False,
+        # A fresh instance per convolution: Keras reuses an unseeded
+        # initializer's values across calls, which would tie kernels together.
+        kernel_initializer=keras.initializers.get(
+            keras.initializers.serialize(layer.kernel_initializer)
+        ),
+        kernel_regularizer=layer.kernel_regularizer,
+        name=name,
+        dtype=layer.dtype_policy,
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DenseLayer(keras.layers.Layer):
+    """The composite function H_l of a DenseNet: the k new feature maps.
+
+    With ``bottleneck=True`` (DenseNet-B):
+    BN-ReLU-Conv1x1(bottleneck_width * growth_rate)-[Dropout]-BN-ReLU-
+    Conv3x3(growth_rate)-[Dropout]; without: BN-ReLU-Conv3x3(growth_rate)-
+    [Dropout]. Convolutions have no bias. The layer returns only the
+    ``growth_rate`` new maps; `DenseBlock` owns the concatenation.
+
+    The input may be one NHWC tensor or a list of them (the features of all
+    preceding layers), which are concatenated along channels first. With
+    ``memory_efficient=True`` that concatenation and the first BN-ReLU(-Conv1x1)
+    are recomputed in the backward pass (``keras.remat``) instead of stored,
+    which is where a DenseNet's training memory grows quadratically.
+
+    Args:
+        growth_rate: Number of new feature maps k, a positive int.
+        bottleneck: Whether to use the 1x1 bottleneck convolution.
+        bottleneck_width: Bottleneck channels as a multiple of ``growth_rate``.
+        dropout_rate: Dropout after each convolution, in [0, 1).
+        memory_efficient: Recompute the concatenation and first BN-ReLU
+            (-Conv1x1) in the backward pass instead of storing them.
+        kernel_initializer: Initializer of the convolution kernels.
+        kernel_regularizer: Optional regularizer of the convolution kernels.
+        **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises:
+        ValueError: If an argument is out of its range.
+
+    Example:
+        >>> x = keras.random.normal((2, 8, 8, 16))
+        >>> DenseLayer(12)(x).shape
+        (2, 8, 8, 12)
+    """
+
+    def __init__(
+        self,
+        growth_rate: int,
+        bottleneck: bool = True,
+        bottleneck_width: int = 4,
+        dropout_rate: float = 0.0,
+        memory_efficient: bool = False,
+        kernel_initializer: Any = "he_normal",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.growth_rate = _check_positive_int("growth_rate", growth_rate)
+        self.bottleneck = bool(bottleneck)
+        self.bottleneck_width = _check_positive_int("bottleneck_width", bottleneck_width)
+        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.memory_efficient = bool(memory_efficient)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+        policy = self.dtype_policy
+        prefix = self.name
+        if self.bottleneck:
+            self.bn1 = _bn(f"{prefix}_0_bn", policy)
+            self.conv1 = _conv(bottleneck_width * growth_rate, 1, f"{prefix}_1_conv", self)
+            self.bn2 = _bn(f"{prefix}_1_bn", policy)
+        else:
+            self.bn1 = None
+            self.conv1 = None
+            self.bn2 = _bn(f"{prefix}_0_bn", policy)
+        self.conv2 = _conv(growth_rate, 3, f"{prefix}_2_conv", self)
+        if self.dropout_rate > 0:
+            self.dropout1 = keras.layers.Dropout(self.dropout_rate, dtype=policy)
+            self.dropout2 = keras.layers.Dropout(self.dropout_rate, dtype=policy)
+        else:
+            self.dropout1 = self.dropout2 = None
+
+    def build(self, input_shape: Any) -> None:
+        shape = _shape_of_inputs(input_shape)
+        _channels(shape, "DenseLayer")
+        if self.bottleneck:
+            self.bn1.build(shape)
+            self.conv1.build(shape)
+            shape = (*shape[:-1], self.bottleneck_width * self.growth_rate)
+        self.bn2.build(shape)
+        self.conv2.build(shape)
+
+    def _bottleneck(self, inputs: Any, training: Any = None) -> Any:
+        x = ops.concatenate(inputs, axis=-1) if isinstance(inputs, (list, tuple)) else inputs
+        x = ops.relu(self.bn1(x, training=training))
+        return self.conv1(x)
+
+    def call(self, inputs: Any, training: Any = None) -> Any:
+        if self.bottleneck:
+            if self.memory_efficient and training:
+                x = keras.remat(lambda *xs: self._bottleneck(list(xs), training))(
+                    *(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+                )
+            else:
+                x = self._bottleneck(inputs, training)
+            if self.dropout1 is not None:
+                x = self.dropout1(x, training=training)
+        else:
+            x = ops.concatenate(inputs, axis=-1) if isinstance(inputs, (list, tuple)) else inputs
+        x = self.conv2(ops.relu(self.bn2(x, training=training)))
+        if self.dropout2 is not None:
+            x = self.dropout2(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        shape = _shape_of_inputs(input_shape)
+        return (*shape[:-1], self.growth_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            growth_rate=self.growth_rate,
+            bottleneck=self.bottleneck,
+            bottleneck_width=self.bottleneck_width,
+            dropout_rate=self.dropout_rate,
+            memory_efficient=self.memory_efficient,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DenseBlock(keras.layers.Layer):
+    """A dense block: L `DenseLayer`s, each fed the features of all before it.
+
+    The output has ``C_in + num_layers * growth_rate`` channels: the input
+    first, then each layer's new maps in order. Layer ``i`` (1-based) is named
+    ``f"{name}_block{i}"`` as in ``keras.applications``.
+
+    Args:
+        num_layers: Number of dense layers L, a positive int.
+        growth_rate: Growth rate k, a positive int.
+        bottleneck: Whether the layers use the 1x1 bottleneck (DenseNet-B).
+        bottleneck_width: Bottleneck channels as a multiple of ``growth_rate``.
+        dropout_rate: Dropout after each convolution, in [0, 1).
+        memory_efficient: Keep only the list of feature maps and recompute
+            each layer's concatenation and first BN-ReLU(-Conv1x1) in the
+            backward pass; memory then grows linearly with depth.
+        kernel_initializer: Initializer of the convolution kernels.
+        kernel_regularizer: Optional regularizer of the convolution kernels.
+        **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises:
+        ValueError: If an argument is out of its range.
+
+    Example:
+        >>> x = keras.random.normal((2, 8, 8, 16))
+        >>> DenseBlock(num_layers=3, growth_rate=12)(x).shape
+        (2, 8, 8, 52)
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        growth_rate: int,
+        bottleneck: bool = True,
+        bottleneck_width: int = 4,
+        dropout_rate: float = 0.0,
+        memory_efficient: bool = False,
+        kernel_initializer: Any = "he_normal",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_layers = _check_positive_int("num_layers", num_layers)
+        self.growth_rate = _check_positive_int("growth_rate", growth_rate)
+        self.bottleneck = bool(bottleneck)
+        self.bottleneck_width = _check_positive_int("bottleneck_width", bottleneck_width)
+        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.memory_efficient = bool(memory_efficient)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.dense_layers = [
+            DenseLayer(
+                growth_rate,
+                bottleneck=bottleneck,
+                bottleneck_width=bottleneck_width,
+                dropout_rate=dropout_rate,
+                memory_efficient=memory_efficient,
+                kernel_initializer=self.kernel_initializer,
+                kernel_regularizer=self.kernel_regularizer,
+                name=f"{self.name}_block{i + 1}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(num_layers)
+        ]
+
+    def build(self, input_shape: Any) -> None:
+        channels = _channels(input_shape, "DenseBlock")
+        spatial = tuple(input_shape[:-1])
+        for i, layer in enumerate(self.dense_layers):
+            layer.build((*spatial, channels + i * self.growth_rate))
+
+    def call(self, inputs: Any, training: Any = None) -> Any:
+        if self.memory_efficient:
+            # Keep the separate maps (linear memory); each layer concatenates
+            # them inside its rematerialized function.
+            features = [inputs]
+            for layer in self.dense_layers:
+                features.append(layer(features, training=training))
+            return ops.concatenate(features, axis=-1)
+        x = inputs
+        for layer in self.dense_layers:
+            x = ops.concatenate([x, layer(x, training=training)], axis=-1)
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        channels = _channels(input_shape, "DenseBlock")
+        return (*tuple(input_shape[:-1]), channels + self.num_layers * self.growth_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            num_layers=self.num_layers,
+            growth_rate=self.growth_rate,
+            bottleneck=self.bottleneck,
+            bottleneck_width=self.bottleneck_width,
+            dropout_rate=self.dropout_rate,
+            memory_efficient=self.memory_efficient,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TransitionLayer(keras.layers.Layer):
+    """Transition between dense blocks: BN-ReLU-Conv1x1-[Dropout]-AvgPool 2x2/2.
+
+    The 1x1 convolution has ``floor(C_in * compression)`` filters
+    (DenseNet-C when ``compression < 1``). Sublayers are named
+    ``f"{name}_bn"``, ``f"{name}_conv"``, ``f"{name}_pool"`` as in
+    ``keras.applications``.
+
+    Args:
+        compression: Compression factor theta in (0, 1].
+        dropout_rate: Dropout after the convolution, in [0, 1).
+        kernel_initializer: Initializer of the convolution kernel.
+        kernel_regularizer: Optional regularizer of the convolution kernel.
+        **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises:
+        ValueError: If an argument is out of range, or if the input has so few
+            channels that the compressed width would be zero.
+
+    Example:
+        >>> x = keras.random.normal((2, 8, 8, 16))
+        >>> TransitionLayer(0.5)(x).shape
+        (2, 4, 4, 8)
+    """
+
+    def __init__(
+        self,
+        compression: float = 0.5,
+        dropout_rate: float = 0.0,
+        kernel_initializer: Any = "he_normal",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.compression = check_compression(compression)
+        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bn = _bn(f"{self.name}_bn", self.dtype_policy)
+        self.pool = keras.layers.AveragePooling2D(
+            2, strides=2, name=f"{self.name}_pool", dtype=self.dtype_policy
+        )
+        self.dropout = (
+            keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
+            if self.dropout_rate > 0
+            else None
+        )
+        self.conv = None
+
+    def _filters(self, channels: int) -> int:
+        filters = compressed_channels(channels, self.compression)
+        if filters < 1:
+            raise ValueError(
+                f"`compression`={self.compression} leaves no channels of the "
+                f"{channels} input channels; use a larger compression."
+            )
+        return filters
+
+    def build(self, input_shape: Any) -> None:
+        channels = _channels(input_shape, "TransitionLayer")
+        self.bn.build(input_shape)
+        self.conv = _conv(self._filters(channels), 1, f"{self.name}_conv", self)
+        self.conv.build(input_shape)
+
+    def call(self, inputs: Any, training: Any = None) -> Any:
+        x = self.conv(ops.relu(self.bn(inputs, training=training)))
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
+        return self.pool(x)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        channels = _channels(input_shape, "TransitionLayer")
+        batch, height, width = input_shape[:3]
+        half = [None if s is None else s // 2 for s in (height, width)]
+        return (batch, *half, self._filters(channels))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            compression=self.compression,
+            dropout_rate=self.dropout_rate,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
