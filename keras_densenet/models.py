@@ -311,6 +311,24 @@ def _check_weights(weights: Any) -> None:
         )
 
 
+def _check_normalization(normalization: Any, channels: int) -> tuple[list[float], list[float]] | None:
+    if normalization is None:
+        return None
+    try:
+        mean, std = ([float(v) for v in part] for part in normalization)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`normalization` must be a (mean, std) pair of per-channel sequences, got "
+            f"{normalization!r}."
+        ) from err
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(
+            f"`normalization` needs {channels} means and {channels} positive stds (one per "
+            f"input channel), got mean={mean}, std={std}."
+        )
+    return mean, std
+
+
 def build_densenet(
     preset: str | None = None,
     *,
@@ -331,6 +349,7 @@ def build_densenet(
     classifier_activation: Any = "softmax",
     weights: str | os.PathLike | None = None,
     kernel_regularizer: Any = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a DenseNet (Huang et al., CVPR 2017) with the functional API.
@@ -366,6 +385,10 @@ def build_densenet(
         weights: None, a Keras ``.weights.h5`` file, or a keras.applications
             legacy ``.h5`` weights file (loaded by layer name).
         kernel_regularizer: Optional regularizer for every convolution kernel.
+        normalization: Optional per-channel ``(mean, std)`` of the training
+            data; the model then normalizes raw pixel values itself with a
+            ``keras.layers.Normalization`` layer named ``"normalization"``, so
+            saved and exported models need no outside preprocessing.
         name: Model name (default: the preset's name or ``"densenet"``).
 
     Returns:
@@ -397,9 +420,16 @@ def build_densenet(
     )
     _check_head(include_top, pooling, config["num_classes"], classifier_activation)
     _check_weights(weights)
+    norm = _check_normalization(normalization, config["input_shape"][-1])
 
     inputs = keras.Input(shape=config["input_shape"], name="image")
-    x = _stem(inputs, config, kernel_regularizer)
+    x = inputs
+    if norm is not None:
+        mean, std = norm
+        x = keras.layers.Normalization(
+            axis=-1, mean=mean, variance=[s * s for s in std], name="normalization"
+        )(x)
+    x = _stem(x, config, kernel_regularizer)
     block_args = {
         "growth_rate": config["growth_rate"],
         "bottleneck": config["bottleneck"],
