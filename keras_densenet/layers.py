@@ -67,7 +67,7 @@ def compressed_channels(channels: int, compression: float) -> int:
         The number of output channels.
     """
     # 0.29 * 100 == 28.999999999999996 in floating point; the paper means 29.
-    return int(math.floor(channels * compression + 1e-9))
+    return math.floor(channels * compression + 1e-9)
 
 
 def _channels(shape: Sequence[int | None], what: str) -> int:
@@ -201,12 +201,47 @@ class DenseLayer(keras.layers.Layer):
         x = ops.relu(self.bn1(x, training=training))
         return self.conv1(x)
 
+    def _bottleneck_remat(self, inputs: Any, training: Any) -> Any:
+        """The bottleneck, recomputed in the backward pass instead of stored.
+
+        The recomputed function must be pure (``jax.checkpoint`` refuses state
+        updates inside it, and ``tf.recompute_grad`` would apply them twice),
+        so in training the batch statistics are returned from it and the
+        moving averages are updated here, as BatchNormalization would.
+        """
+        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        bn = self.bn1
+        if not (training and bn.trainable):
+            return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
+
+        def bottleneck(*ts: Any) -> tuple[Any, Any, Any]:
+            x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
+            # BatchNormalization upcasts half-precision inputs the same way.
+            x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+            mean, variance = bn._moments(x, None)
+            y = ops.batch_normalization(
+                x,
+                mean,
+                variance,
+                axis=-1,
+                offset=ops.cast(bn.beta, x.dtype),
+                scale=ops.cast(bn.gamma, x.dtype),
+                epsilon=bn.epsilon,
+            )
+            y = ops.relu(ops.cast(y, bn.compute_dtype))
+            return self.conv1(y), mean, variance
+
+        out, mean, variance = keras.remat(bottleneck)(*xs)
+        mean, variance = ops.stop_gradient(mean), ops.stop_gradient(variance)
+        for moving, batch in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
+            current = ops.cast(moving, batch.dtype)
+            moving.assign(current * bn.momentum + batch * (1.0 - bn.momentum))
+        return out
+
     def call(self, inputs: Any, training: Any = None) -> Any:
         if self.bottleneck:
-            if self.memory_efficient and training:
-                x = keras.remat(lambda *xs: self._bottleneck(list(xs), training))(
-                    *(inputs if isinstance(inputs, (list, tuple)) else [inputs])
-                )
+            if self.memory_efficient:
+                x = self._bottleneck_remat(inputs, training)
             else:
                 x = self._bottleneck(inputs, training)
             if self.dropout1 is not None:

@@ -48,10 +48,14 @@ def _imagenet(blocks: tuple[int, ...], params: int, **metadata: Any) -> Mapping[
         "input_shape": (224, 224, 3),
         "num_classes": 1000,
     }
-    return _preset(config, f"ImageNet DenseNet-BC, blocks {blocks}, k=32", params=params, **metadata)
+    return _preset(
+        config, f"ImageNet DenseNet-BC, blocks {blocks}, k=32", params=params, **metadata
+    )
 
 
-def _cifar(depth: int, growth_rate: int, trainable_params: int, **metadata: Any) -> Mapping[str, Any]:
+def _cifar(
+    depth: int, growth_rate: int, trainable_params: int, **metadata: Any
+) -> Mapping[str, Any]:
     config = {
         "depth": depth,
         "growth_rate": growth_rate,
@@ -108,7 +112,7 @@ _ARCH_DEFAULTS: dict[str, Any] = {
     "bottleneck_width": 4,
     "num_init_features": None,  # 64 for the ImageNet stem, else 2 * growth_rate
     "dropout_rate": 0.0,
-    "num_classes": 1000,
+    "num_classes": None,  # 1000 for the ImageNet stem, else 10
 }
 
 
@@ -130,8 +134,11 @@ def blocks_from_depth(depth: int, bottleneck: bool = True) -> tuple[int, int, in
             layers per block.
     """
     divisor = 6 if bottleneck else 3
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 4 + divisor or (
-        (depth - 4) % divisor
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 4 + divisor
+        or ((depth - 4) % divisor)
     ):
         raise ValueError(
             f"`depth` must be an int with (depth - 4) divisible by {divisor} and at least "
@@ -268,6 +275,8 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
     config["num_init_features"] = _check_positive_int(
         "num_init_features", config["num_init_features"]
     )
+    if config["num_classes"] is None:
+        config["num_classes"] = 1000 if config["stem"] == _IMAGENET else 10
     if config.get("input_shape") is None:
         config["input_shape"] = (224, 224, 3) if config["stem"] == _IMAGENET else (32, 32, 3)
     config["input_shape"] = _check_input_shape(
@@ -276,7 +285,9 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
     return config
 
 
-def _check_head(include_top: bool, pooling: Any, num_classes: Any, classifier_activation: Any) -> None:
+def _check_head(
+    include_top: bool, pooling: Any, num_classes: Any, classifier_activation: Any
+) -> None:
     if not isinstance(include_top, bool):
         raise TypeError(f"`include_top` must be a bool, got {include_top!r}.")
     if pooling not in POOLINGS:
@@ -311,7 +322,9 @@ def _check_weights(weights: Any) -> None:
         )
 
 
-def _check_normalization(normalization: Any, channels: int) -> tuple[list[float], list[float]] | None:
+def _check_normalization(
+    normalization: Any, channels: int
+) -> tuple[list[float], list[float]] | None:
     if normalization is None:
         return None
     try:
@@ -379,7 +392,8 @@ def build_densenet(
             ``(224, 224, 3)`` (ImageNet stem) or ``(32, 32, 3)`` (CIFAR stem).
         include_top: Add global average pooling and the classifier.
         pooling: Without the top: None (4D features), ``"avg"`` or ``"max"``.
-        num_classes: Classifier outputs (default 1000, or the preset's).
+        num_classes: Classifier outputs (default: the preset's, else 1000 for
+            the ImageNet stem and 10 for the CIFAR stem).
         classifier_activation: Activation of the classifier; it always
             computes in float32 so mixed precision gives float32 outputs.
         weights: None, a Keras ``.weights.h5`` file, or a keras.applications
@@ -483,9 +497,9 @@ def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any) -> Any:
         return keras.layers.Conv2D(features, 3, padding="same", **conv_args)(inputs)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(features, 7, strides=2, **conv_args)(x)
-    x = keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="conv1_bn"
-    )(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="conv1_bn")(
+        x
+    )
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
@@ -497,7 +511,7 @@ def _shortcut(preset: str) -> Any:
 
     builder.__name__ = preset
     builder.__qualname__ = preset
-    builder.__doc__ = f"""Builds {PRESETS[preset]['description']}.
+    builder.__doc__ = f"""Builds {PRESETS[preset]["description"]}.
 
     A shortcut for ``build_densenet({preset!r}, **kwargs)``.
 

@@ -43,7 +43,7 @@ def _read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
 
     try:
         with h5py.File(path, "r") as f:
-            group = f["model_weights"] if "model_weights" in f else f
+            group = f.get("model_weights", f)
             if "layer_names" not in group.attrs:
                 raise ValueError(
                     f"Weights file {path!r} is not a keras.applications (legacy HDF5) "
@@ -71,7 +71,9 @@ def _arrays_of_model(source: keras.Model) -> dict[str, list[np.ndarray]]:
     }
 
 
-def load_keras_applications_weights(model: keras.Model, source: str | os.PathLike | keras.Model) -> None:
+def load_keras_applications_weights(
+    model: keras.Model, source: str | os.PathLike | keras.Model
+) -> None:
     """Puts ``keras.applications`` DenseNet weights into a matching model.
 
     Args:
@@ -137,6 +139,8 @@ def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
         try:
             model.load_weights(path)
         except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"Cannot load weights file {path!r} into {model.name!r}: {err}") from err
+            raise ValueError(
+                f"Cannot load weights file {path!r} into {model.name!r}: {err}"
+            ) from err
     else:
         load_keras_applications_weights(model, path)

@@ -1,0 +1,206 @@
+"""DenseLayer, DenseBlock and TransitionLayer: structure, shapes, configs."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_saved_model_round_trip
+
+from keras_densenet import DenseBlock, DenseLayer, TransitionLayer
+from keras_densenet.layers import BN_EPSILON, BN_MOMENTUM
+
+X = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
+
+
+def _sublayers(layer):
+    return {s.name: s for s in layer._flatten_layers(include_self=False)}
+
+
+def test_dense_layer_bottleneck_structure():
+    layer = DenseLayer(12, name="conv2_block1")
+    out = layer(X)
+    assert out.shape == (2, 8, 8, 12)  # only the k new maps
+    subs = _sublayers(layer)
+    assert subs["conv2_block1_1_conv"].kernel.shape == (1, 1, 16, 48)
+    assert subs["conv2_block1_2_conv"].kernel.shape == (3, 3, 48, 12)
+    for conv in ("conv2_block1_1_conv", "conv2_block1_2_conv"):
+        assert subs[conv].use_bias is False
+    for bn in ("conv2_block1_0_bn", "conv2_block1_1_bn"):
+        assert subs[bn].epsilon == BN_EPSILON
+        assert subs[bn].momentum == BN_MOMENTUM
+
+
+def test_dense_layer_without_bottleneck_has_one_conv():
+    layer = DenseLayer(12, bottleneck=False, name="d")
+    assert layer(X).shape == (2, 8, 8, 12)
+    kernels = [w.shape for w in layer.trainable_weights if len(w.shape) == 4]
+    assert kernels == [(3, 3, 16, 12)]
+
+
+def test_dense_layer_bottleneck_width():
+    layer = DenseLayer(8, bottleneck_width=2, name="d")
+    layer(X)
+    assert _sublayers(layer)["d_1_conv"].kernel.shape == (1, 1, 16, 16)
+
+
+def test_dense_layer_accepts_list_of_features():
+    layer = DenseLayer(5)
+    a, b = X[..., :10], X[..., 10:]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer([a, b])),
+        keras.ops.convert_to_numpy(layer(X)),
+        rtol=1e-6,
+    )
+    assert layer.compute_output_shape([(None, 8, 8, 10), (None, 8, 8, 6)]) == (None, 8, 8, 5)
+
+
+def test_dense_layer_dropout_only_in_training():
+    layer = DenseLayer(6, dropout_rate=0.5)
+    inference = keras.ops.convert_to_numpy(layer(X, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(X, training=False)), inference)
+    trained = keras.ops.convert_to_numpy(layer(X, training=True))
+    assert (trained == 0).mean() > 0.2
+
+
+def test_dense_block_concatenation_order():
+    block = DenseBlock(3, 4, name="conv2")
+    out = keras.ops.convert_to_numpy(block(X))
+    assert out.shape == (2, 8, 8, 16 + 3 * 4)
+    np.testing.assert_array_equal(out[..., :16], X)  # the input comes first
+    first_new = keras.ops.convert_to_numpy(block.dense_layers[0](X))
+    np.testing.assert_allclose(out[..., 16:20], first_new, rtol=1e-6)
+    second_new = keras.ops.convert_to_numpy(block.dense_layers[1](out[..., :20]))
+    np.testing.assert_allclose(out[..., 20:24], second_new, rtol=1e-5, atol=1e-6)
+    assert [layer.name for layer in block.dense_layers] == [
+        "conv2_block1",
+        "conv2_block2",
+        "conv2_block3",
+    ]
+
+
+def test_dense_block_input_channels_per_layer():
+    block = DenseBlock(4, 8, name="b")
+    block.build((None, 8, 8, 16))
+    widths = [layer.conv1.kernel.shape[2] for layer in block.dense_layers]
+    assert widths == [16, 24, 32, 40]
+
+
+@pytest.mark.parametrize(
+    ("channels", "compression", "expected"),
+    [(16, 0.5, 8), (10, 0.3, 3), (100, 0.29, 29), (7, 1.0, 7)],
+)
+def test_transition_layer_compression_and_pool(channels, compression, expected):
+    layer = TransitionLayer(compression, name="pool2")
+    x = np.ones((1, 9, 9, channels), "float32")
+    assert layer(x).shape == (1, 4, 4, expected)
+    assert layer.compute_output_shape((None, 9, 9, channels)) == (None, 4, 4, expected)
+    assert layer.conv.use_bias is False
+    assert layer.conv.name == "pool2_conv"
+
+
+def test_transition_layer_refuses_zero_channels():
+    with pytest.raises(ValueError, match="compression"):
+        TransitionLayer(0.1)(np.ones((1, 4, 4, 5), "float32"))
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: DenseLayer(0), "growth_rate"),
+        (lambda: DenseLayer(-3), "growth_rate"),
+        (lambda: DenseLayer(12, dropout_rate=1.0), "dropout_rate"),
+        (lambda: DenseLayer(12, bottleneck_width=0), "bottleneck_width"),
+        (lambda: DenseBlock(0, 12), "num_layers"),
+        (lambda: TransitionLayer(0.0), "compression"),
+        (lambda: TransitionLayer(1.5), "compression"),
+        (lambda: TransitionLayer(0.5, dropout_rate=-0.1), "dropout_rate"),
+    ],
+)
+def test_bad_layer_arguments(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+def test_layers_refuse_non_4d_input():
+    with pytest.raises(ValueError, match="4D NHWC"):
+        DenseBlock(2, 4).build((None, 8, 16))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        DenseLayer(12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"),
+        DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
+        TransitionLayer(0.7, dropout_rate=0.2, name="c"),
+    ],
+    ids=["dense_layer", "dense_block", "transition"],
+)
+def test_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert json.dumps(clone.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert serialized["registered_name"].startswith("keras_densenet>")
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is type(layer)
+
+
+def test_layers_in_a_model_reload_safe_mode(tmp_path):
+    inputs = keras.Input((8, 8, 16))
+    x = DenseBlock(2, 4, name="b1")(inputs)
+    x = TransitionLayer(0.5, name="t1")(x)
+    x = DenseLayer(4, name="l1")(x)
+    model = keras.Model(inputs, x)
+    reloaded = assert_saved_model_round_trip(model, str(tmp_path / "m.keras"), X)
+    assert isinstance(reloaded.get_layer("b1"), DenseBlock)
+
+
+def test_layers_compute_in_policy_dtype():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    block = DenseBlock(2, 4)
+    out = block(X)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    for sub in block._flatten_layers(include_self=True):
+        assert sub.compute_dtype == "bfloat16", sub.name
+        for w in sub.weights:
+            assert keras.backend.standardize_dtype(w.dtype) == "float32", w.path
+
+
+def _loss_and_grads(block, x):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(block(x, training=True)))
+    return loss, tape.gradient(loss, block.trainable_weights)
+
+
+def test_memory_efficient_matches_normal_mode():
+    normal = DenseBlock(3, 4, name="n")
+    efficient = DenseBlock(3, 4, memory_efficient=True, name="e")
+    normal.build(X.shape)
+    efficient.build(X.shape)
+    efficient.set_weights(normal.get_weights())
+    loss_n, grads_n = _loss_and_grads(normal, X)
+    loss_e, grads_e = _loss_and_grads(efficient, X)
+    np.testing.assert_allclose(loss_e.numpy(), loss_n.numpy(), rtol=1e-5)
+    assert len(grads_e) == len(grads_n)
+    for g_e, g_n, w in zip(grads_e, grads_n, normal.trainable_weights, strict=True):
+        assert g_e is not None, w.path
+        np.testing.assert_allclose(g_e.numpy(), g_n.numpy(), rtol=1e-4, atol=1e-5, err_msg=w.path)
+    # The BN moving statistics are updated once per step, exactly as in the normal mode.
+    for m_e, m_n in zip(efficient.non_trainable_weights, normal.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(m_e.numpy(), m_n.numpy(), rtol=1e-5, atol=1e-6, err_msg=m_n.path)
+    assert not np.allclose(normal.non_trainable_weights[0].numpy(), 0.0)
+
+
+def test_memory_efficient_fit_in_graph_mode():
+    inputs = keras.Input((8, 8, 16))
+    outputs = keras.layers.GlobalAveragePooling2D()(DenseBlock(2, 4, memory_efficient=True)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(outputs))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    y = np.array([0, 1])
+    losses = model.fit(X, y, epochs=3, verbose=0).history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]

@@ -1,0 +1,217 @@
+"""build_densenet: exact preset counts, shapes, arguments, saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, assert_saved_model_round_trip
+
+from keras_densenet import PRESETS, build_densenet, densenet121, densenet_bc_100_12
+from keras_densenet.layers import DenseBlock, TransitionLayer
+from keras_densenet.models import blocks_from_depth, min_input_size
+
+
+def _trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize(
+    ("preset", "total", "trainable"),
+    [
+        ("densenet121", 8_062_504, 7_978_856),
+        ("densenet169", 14_307_880, None),
+        ("densenet201", 20_242_984, None),
+        ("densenet264", 33_736_232, 33_337_704),
+        ("densenet_bc_100_12", 793_150, 769_162),
+        ("densenet_bc_250_24", 15_582_382, 15_324_406),
+        ("densenet_bc_190_40", 25_881_390, 25_624_430),
+    ],
+)
+def test_preset_parameter_counts(preset, total, trainable):
+    model = build_densenet(preset)
+    assert model.count_params() == total
+    if trainable is not None:
+        assert _trainable(model) == trainable
+    meta = PRESETS[preset]
+    assert meta.get("params", total) == total
+    assert meta.get("trainable_params", trainable) == trainable
+
+
+def test_preset_counts_match_keras_applications():
+    reference = keras.applications.DenseNet121(weights=None)
+    ours = densenet121()
+    assert ours.count_params() == reference.count_params()
+    ours_names = {s.name for s in ours._flatten_layers(include_self=False) if s.weights}
+    ref_names = {s.name for s in reference.layers if s.weights}
+    assert ref_names <= ours_names
+
+
+def test_growth_rate_12_on_densenet121_layout():
+    model = build_densenet("densenet121", growth_rate=12, include_top=False)
+    assert model.output_shape == (None, 7, 7, 389)
+    ends = [layer.output.shape[-1] for layer in model.layers if isinstance(layer, DenseBlock)]
+    assert ends == [136, 212, 394, 389]
+
+
+def test_shapes_per_block_densenet121():
+    model = densenet121()
+    shapes = {
+        layer.name: tuple(layer.output.shape)
+        for layer in model.layers
+        if isinstance(layer, (DenseBlock, TransitionLayer))
+    }
+    assert shapes == {
+        "conv2": (None, 56, 56, 256),
+        "pool2": (None, 28, 28, 128),
+        "conv3": (None, 28, 28, 512),
+        "pool3": (None, 14, 14, 256),
+        "conv4": (None, 14, 14, 1024),
+        "pool4": (None, 7, 7, 512),
+        "conv5": (None, 7, 7, 1024),
+    }
+
+
+def test_shapes_per_block_cifar_bc_100():
+    model = densenet_bc_100_12()
+    shapes = [tuple(layer.output.shape) for layer in model.layers if isinstance(layer, DenseBlock)]
+    assert shapes == [(None, 32, 32, 216), (None, 16, 16, 300), (None, 8, 8, 342)]
+    assert model.get_layer("conv1_conv").kernel.shape == (3, 3, 3, 24)
+
+
+def test_plain_densenet_from_arguments():
+    model = build_densenet(
+        depth=40, growth_rate=12, bottleneck=False, compression=1.0, num_init_features=16
+    )
+    assert [b.num_layers for b in model.layers if isinstance(b, DenseBlock)] == [12, 12, 12]
+    assert all(not b.bottleneck for b in model.layers if isinstance(b, DenseBlock))
+    assert model.output_shape == (None, 10)
+    assert 1.0e6 < _trainable(model) < 1.1e6  # the paper's 1.0M
+    assert model.get_layer("conv3").input.shape[-1] == 16 + 12 * 12  # no compression
+
+
+def test_overrides_replace_preset_values():
+    model = build_densenet("densenet_bc_100_12", input_shape=(28, 28, 1), num_classes=7)
+    assert model.input_shape == (None, 28, 28, 1)
+    assert model.output_shape == (None, 7)
+    deeper = build_densenet("densenet_bc_100_12", depth=40)
+    assert [b.num_layers for b in deeper.layers if isinstance(b, DenseBlock)] == [6, 6, 6]
+    blocks = build_densenet("densenet_bc_100_12", blocks=(2, 3))
+    assert [b.num_layers for b in blocks.layers if isinstance(b, DenseBlock)] == [2, 3]
+
+
+def test_blocks_from_depth():
+    assert blocks_from_depth(100) == (16, 16, 16)
+    assert blocks_from_depth(40, bottleneck=False) == (12, 12, 12)
+    with pytest.raises(ValueError, match="depth"):
+        blocks_from_depth(101)
+
+
+@pytest.mark.parametrize(
+    ("include_top", "pooling", "shape"),
+    [
+        (True, None, (None, 10)),
+        (False, None, (None, 14, 14, 16)),
+        (False, "avg", (None, 16)),
+        (False, "max", (None, 16)),
+    ],
+)
+def test_include_top_and_pooling(include_top, pooling, shape):
+    model = build_densenet(**TINY, include_top=include_top, pooling=pooling)
+    assert model.output_shape == shape
+
+
+def test_classifier_activation_and_float32_output_under_mixed_precision():
+    logits = build_densenet(**TINY, classifier_activation=None)
+    assert logits.get_layer("predictions").activation is keras.activations.linear
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    model = build_densenet(**TINY)
+    out = model(np.ones((2, 28, 28, 1), "float32"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert model.get_layer("conv2").compute_dtype == "float16"
+    np.testing.assert_allclose(np.sum(keras.ops.convert_to_numpy(out), axis=1), 1.0, rtol=1e-3)
+
+
+def test_variable_input_size():
+    model = build_densenet(**{**TINY, "input_shape": (None, None, 1)})
+    assert model.predict(np.zeros((1, 40, 36, 1), "float32"), verbose=0).shape == (1, 10)
+
+
+def test_min_input_size():
+    assert min_input_size("cifar", 3) == 4
+    assert min_input_size("imagenet", 4) == 29
+    build_densenet("densenet121", input_shape=(29, 29, 3))
+    with pytest.raises(ValueError, match="at least 29"):
+        build_densenet("densenet121", input_shape=(28, 28, 3))
+
+
+def test_in_model_normalization():
+    mean, std = [100.0], [50.0]
+    model = build_densenet(**TINY, normalization=(mean, std))
+    x = np.full((1, 28, 28, 1), 150.0, "float32")
+    normalized = keras.Model(model.input, model.get_layer("normalization").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized(x)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"preset": "densenet99"}, ValueError, "known presets: .*densenet121"),
+        ({"blocks": (6, 12), "growth_rate": 0}, ValueError, "growth_rate"),
+        ({"blocks": (6, 12), "growth_rate": -4}, ValueError, "growth_rate"),
+        ({"blocks": (6, 12), "compression": 0.0}, ValueError, r"compression.*\(0, 1\]"),
+        ({"blocks": (6, 12), "compression": 1.2}, ValueError, "compression"),
+        ({"blocks": ()}, ValueError, "blocks"),
+        ({"blocks": (6, 0, 3)}, ValueError, "blocks"),
+        ({"blocks": (6, -1)}, ValueError, "blocks"),
+        ({"blocks": (6, 12), "depth": 40}, ValueError, "either `blocks` or `depth`"),
+        ({"depth": 41}, ValueError, "depth"),
+        ({}, ValueError, "preset"),
+        ({"blocks": (2, 2), "input_shape": (3, 224, 224)}, ValueError, "channels-first"),
+        ({"blocks": (2, 2), "input_shape": (224, 224)}, ValueError, "input_shape"),
+        ({"preset": "densenet121", "input_shape": (16, 16, 3)}, ValueError, "at least 29"),
+        ({"blocks": (2, 2), "dropout_rate": 1.0}, ValueError, r"dropout_rate.*\[0, 1\)"),
+        ({"blocks": (2, 2), "dropout_rate": -0.2}, ValueError, "dropout_rate"),
+        ({"blocks": (2, 2), "pooling": "mean", "include_top": False}, ValueError, "pooling"),
+        ({"blocks": (2, 2), "num_classes": 0}, ValueError, "num_classes"),
+        ({"blocks": (2, 2), "weights": "/no/such/file.h5"}, ValueError, "weights.*not found"),
+        ({"blocks": (2, 2), "stem": "resnet"}, ValueError, "stem"),
+        ({"blocks": (2, 2), "classifier_activation": "nope"}, ValueError, "classifier_activation"),
+        ({"blocks": (2, 2), "compression": "half"}, TypeError, "compression"),
+        ({"blocks": (2, 2), "normalization": ([1.0, 2.0], [1.0])}, ValueError, "normalization"),
+    ],
+)
+def test_bad_arguments_fail_before_building(kwargs, error, match, monkeypatch):
+    def no_model(*args, **kw):
+        raise AssertionError("a model was built before the arguments were checked")
+
+    monkeypatch.setattr(keras, "Input", no_model)
+    with pytest.raises(error, match=match):
+        build_densenet(**kwargs)
+
+
+def test_model_save_reload_same_predictions(tmp_path):
+    model = build_densenet(**TINY, dropout_rate=0.1, normalization=([10.0], [20.0]))
+    x = np.random.default_rng(1).uniform(0, 255, (3, 28, 28, 1)).astype("float32")
+    reloaded = assert_saved_model_round_trip(model, str(tmp_path / "tiny.keras"), x)
+    assert reloaded.count_params() == model.count_params()
+
+
+def test_fit_tiny_model_reduces_loss():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 28, 28, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+    model = build_densenet(**{**TINY, "num_classes": 2})
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_weights_argument_loads_keras_weights_file(tmp_path):
+    source = build_densenet(**TINY)
+    path = str(tmp_path / "tiny.weights.h5")
+    source.save_weights(path)
+    model = build_densenet(**TINY, weights=path)
+    for a, b in zip(model.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

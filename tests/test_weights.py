@@ -1,0 +1,104 @@
+"""Loading keras.applications DenseNet weights (legacy HDF5 layout and models)."""
+
+from __future__ import annotations
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+from keras_densenet import build_densenet, densenet121, load_keras_applications_weights
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A keras.applications DenseNet121 with random (seeded) weights."""
+    keras.utils.set_random_seed(3)
+    model = keras.applications.DenseNet121(weights=None)
+    # Non-trivial BN statistics, so a wrong mapping shows in the outputs.
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = layer.moving_mean, layer.moving_variance
+            mean.assign(rng.normal(0, 0.1, mean.shape).astype("float32"))
+            var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def legacy_file(reference, tmp_path_factory):
+    """The published file layout: one HDF5 group per layer name."""
+    path = tmp_path_factory.mktemp("w") / "densenet121_weights_tf_dim_ordering_tf_kernels.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(4).uniform(-1, 1, (2, 224, 224, 3)).astype("float32")
+
+
+def test_legacy_file_gives_same_predictions(reference, legacy_file, images):
+    model = densenet121()
+    load_keras_applications_weights(model, legacy_file)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), reference.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_weights_argument_accepts_legacy_file(reference, legacy_file, images):
+    model = build_densenet("densenet121", weights=legacy_file)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), reference.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_model_instance_source(reference, images):
+    model = densenet121()
+    load_keras_applications_weights(model, reference)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), reference.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_notop_model_instance(images):
+    reference = keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg")
+    model = densenet121(include_top=False, pooling="avg")
+    load_keras_applications_weights(model, reference)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), reference.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_mismatched_architecture_is_refused(legacy_file):
+    model = build_densenet("densenet169")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="Architecture mismatch"):
+        load_keras_applications_weights(model, legacy_file)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # nothing was changed
+
+
+def test_mismatched_shapes_are_refused(legacy_file):
+    model = build_densenet("densenet121", growth_rate=16)
+    with pytest.raises(ValueError, match=r"at layer .conv\d_block\d+_\d_(conv|bn).*model expects"):
+        load_keras_applications_weights(model, legacy_file)
+
+
+def test_bad_sources(tmp_path):
+    model = build_densenet(blocks=(1, 1), growth_rate=4, stem="cifar", input_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match="not found"):
+        load_keras_applications_weights(model, tmp_path / "missing.h5")
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ValueError, match=r"corrupt\.h5"):
+        load_keras_applications_weights(model, corrupt)
+    not_legacy = tmp_path / "other.h5"
+    with h5py.File(not_legacy, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ValueError, match="layer_names"):
+        load_keras_applications_weights(model, not_legacy)
+    with pytest.raises(TypeError, match="source"):
+        load_keras_applications_weights(model, 42)
