@@ -5,6 +5,11 @@ Example:
     >>> model = build_densenet("densenet_bc_100_12", input_shape=(28, 28, 1))
 """
 
+from keras_densenet._startup import quiet_native_stderr
+
+with quiet_native_stderr():
+    import keras  # noqa: F401  (TensorFlow's import banner goes here)
+
 from keras_densenet.layers import DenseBlock, DenseLayer, TransitionLayer
 from keras_densenet.models import (
     PRESETS,

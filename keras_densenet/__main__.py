@@ -1,0 +1,7 @@
+"""``python -m keras_densenet``: the ``keras-densenet`` command."""
+
+import sys
+
+from keras_densenet.cli import main
+
+sys.exit(main())
