@@ -388,7 +388,11 @@ def resolve_jit_compile(mode: str, strategy: Any = None, precision: str = "float
 def _lr_schedule(config: TrainConfig, base_lr: float, total_steps: int) -> Any:
     if config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(total_steps, 1))
-    boundaries = [max(1, int(total_steps * 0.5)), max(2, int(total_steps * 0.75))]
+    # The schedule is looked up with the number of updates already made, and a
+    # step equal to a boundary still gets the earlier value: the update that
+    # starts the second half (step total/2) must see lr/10, hence the -1.
+    first = max(0, round(total_steps * 0.5) - 1)
+    boundaries = [first, max(first + 1, round(total_steps * 0.75) - 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
         boundaries, [base_lr, base_lr / 10, base_lr / 100]
     )
@@ -485,7 +489,9 @@ def _prepare_run_dir(config: TrainConfig) -> None:
     if has_run and config.resume:
         with open(os.path.join(out, "config.json")) as f:
             previous = json.load(f)
-        ignored = {"resume", "verbose", "epochs"}
+        # A resumed run may run longer or with another learning rate (e.g. lower
+        # after a NaN loss); anything else would silently change the experiment.
+        ignored = {"resume", "verbose", "epochs", "learning_rate"}
         changed = {
             k: (previous.get(k), v)
             for k, v in config.to_dict().items()
@@ -588,9 +594,12 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     _trim_history(history_path, done)
     write_json(os.path.join(out, "config.json"), config.to_dict())
     meter = ThroughputMeter(global_batch)
+    # Order matters for a kill between callbacks: every epoch the backup has
+    # seen is already in the CSV and the checkpoints (an epoch logged but not
+    # backed up is trimmed from the CSV and trained again on --resume).
     callbacks = [
-        AtomicBackupAndRestore(backup_dir),
         keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(history_path, append=True),
         AtomicModelCheckpoint(
             os.path.join(out, "best.keras"),
             monitor="val_accuracy",
@@ -598,7 +607,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
             save_best_only=True,
         ),
         AtomicModelCheckpoint(os.path.join(out, "last.keras")),
-        keras.callbacks.CSVLogger(history_path, append=True),
+        AtomicBackupAndRestore(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(out, "logs"), write_graph=False),
         meter,
     ]
@@ -609,6 +618,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
             epochs=config.epochs,
             steps_per_epoch=steps if config.steps_per_epoch else None,
             callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles
             verbose=config.verbose,
         )
     except Exception as err:
@@ -658,6 +668,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "precision": config.precision,
+        "optimizer": type(model.optimizer).__name__,
         "jit_compile": jit,
         "replicas": replicas,
         "global_batch_size": global_batch,

@@ -1,0 +1,312 @@
+"""Training: model.fit on real data, resume, precision, XLA, distribution."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_densenet.training import (
+    AtomicModelCheckpoint,
+    TrainConfig,
+    TrainingError,
+    make_optimizer,
+    resolve_jit_compile,
+    train,
+)
+
+#: A small DenseNet-BC (2 layers per block, k=8) that learns Fashion-MNIST fast.
+SMALL = {"preset": "densenet_bc_100_12", "depth": 16, "growth_rate": 8}
+#: Even smaller, for wiring tests that only need a few steps.
+TINY = {"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4}
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_epochs_on_real_sample_beat_chance(tmp_path):
+    out = str(tmp_path / "run")
+    summary = train({**SMALL, "epochs": 2, "batch_size": 16, "seed": 1, "out": out, "verbose": 0})
+    assert summary["test_accuracy"] > 0.4  # chance is 0.1
+    assert summary["epochs"] == 2
+    assert summary["source"] == "sample"
+    assert summary["input_shape"] == [28, 28, 1]
+    for name in (
+        "best.keras",
+        "last.keras",
+        "history.csv",
+        "curves.png",
+        "summary.json",
+        "config.json",
+        "confusion_matrix.png",
+        "evaluation.json",
+    ):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert any(
+        f.startswith("events") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs
+    )
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    assert [int(r["epoch"]) for r in _history(out)] == [0, 1]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
+    model = keras.saving.load_model(os.path.join(out, "best.keras"), safe_mode=True)
+    assert model.input_shape == (None, 28, 28, 1)  # the model follows the data
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("normalization") is not None  # takes raw pixels
+
+
+def test_existing_run_needs_resume(tmp_path):
+    out = str(tmp_path / "run")
+    train({**TINY, "epochs": 1, "steps_per_epoch": 2, "out": out, "verbose": 0})
+    with pytest.raises(ValueError, match="resume"):
+        train({**TINY, "epochs": 1, "steps_per_epoch": 2, "out": out, "verbose": 0})
+    with pytest.raises(ValueError, match="differ"):
+        train(
+            {
+                **TINY,
+                "growth_rate": 6,
+                "epochs": 1,
+                "steps_per_epoch": 2,
+                "out": out,
+                "resume": True,
+                "verbose": 0,
+            }
+        )
+
+
+def test_killed_run_resumes_from_saved_epoch(tmp_path):
+    out = str(tmp_path / "run")
+    command = [
+        sys.executable,
+        "-m",
+        "keras_densenet",
+        "train",
+        "--preset",
+        "densenet_bc_100_12",
+        "--depth",
+        "10",
+        "--growth-rate",
+        "4",
+        "--epochs",
+        "4",
+        "--steps-per-epoch",
+        "40",
+        "--batch-size",
+        "16",
+        "--seed",
+        "0",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta = os.path.join(out, "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(meta):
+            with open(meta) as f:
+                if json.load(f)["epoch"] >= 2:
+                    break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(meta) as f:
+        saved_epoch = json.load(f)["epoch"]
+    assert 2 <= saved_epoch < 4
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [int(r["epoch"]) for r in _history(out)]
+    assert epochs == [0, 1, 2, 3]  # one continuous history, nothing trained twice
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["epochs"] == 4
+    keras.saving.load_model(os.path.join(out, "best.keras"), safe_mode=True)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_wiring(tmp_path, precision):
+    out = str(tmp_path / precision)
+    summary = train(
+        {
+            **TINY,
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "precision": precision,
+            "out": out,
+            "verbose": 0,
+        }
+    )
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.saving.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+    low = precision.split("_")[1]
+    for layer in model._flatten_layers(include_self=False):
+        for w in layer.weights:
+            assert keras.backend.standardize_dtype(w.dtype) in ("float32", "int64"), w.path
+        if layer.name in ("predictions", "image", "normalization"):
+            continue
+        assert layer.compute_dtype == low, layer.name
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    out_dtype = model(np.zeros((1, 28, 28, 1), "float32")).dtype
+    assert keras.backend.standardize_dtype(out_dtype) == "float32"
+    # compile() wrapped the optimizer for loss scaling under mixed_float16 only.
+    expected = "LossScaleOptimizer" if precision == "mixed_float16" else "SGD"
+    assert summary["optimizer"] == expected
+
+
+def test_jit_compile_run(tmp_path):
+    summary = train(
+        {
+            **TINY,
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "jit_compile": "on",
+            "out": str(tmp_path / "xla"),
+            "verbose": 0,
+        }
+    )
+    assert summary["jit_compile"] is True
+    assert np.isfinite(summary["final"]["loss"])
+
+
+def test_resolve_jit_compile():
+    assert resolve_jit_compile("off") is False
+    assert resolve_jit_compile("on") is True
+    assert resolve_jit_compile("auto") is False  # no GPU here
+    assert resolve_jit_compile("auto", strategy=object()) is False
+    with pytest.raises(ValueError, match="18666"):
+        resolve_jit_compile("on", strategy=object(), precision="mixed_float16")
+    with pytest.raises(ValueError, match="jit_compile"):
+        TrainConfig(jit_compile="on", distribute="mirrored", precision="mixed_float16")
+
+
+def test_optimizer_follows_the_paper():
+    config = TrainConfig(epochs=4)
+    optimizer = make_optimizer(config, total_steps=100, global_batch=128)
+    assert optimizer.nesterov and optimizer.momentum == 0.9
+    assert optimizer.weight_decay == 1e-4
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
+    optimizer_lr = optimizer._learning_rate
+    rates = [float(optimizer_lr(step)) for step in (0, 49, 50, 74, 75, 99)]
+    np.testing.assert_allclose(rates, [0.2, 0.2, 0.02, 0.02, 0.002, 0.002], rtol=1e-6)
+    assert schedule is None or schedule
+    cosine = make_optimizer(TrainConfig(schedule="cosine", learning_rate=0.05), 100, 64)
+    assert float(cosine._learning_rate(100)) < 1e-6 < float(cosine._learning_rate(0))
+    # Weight decay applies to kernels only, not BN scales and offsets.
+    bn = keras.layers.BatchNormalization()
+    bn.build((None, 4))
+    dense = keras.layers.Dense(2)
+    dense.build((None, 4))
+    optimizer.build(bn.trainable_variables + dense.trainable_variables)
+    decayed = {
+        v.name
+        for v in bn.trainable_variables + dense.trainable_variables
+        if optimizer._use_weight_decay(v)
+    }
+    assert decayed == {"kernel"}
+
+
+def test_label_smoothing_and_cosine(tmp_path):
+    summary = train(
+        {
+            **TINY,
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "label_smoothing": 0.1,
+            "schedule": "cosine",
+            "out": str(tmp_path / "ls"),
+            "verbose": 0,
+        }
+    )
+    assert np.isfinite(summary["final"]["loss"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_model(tmp_path):
+    out = str(tmp_path / "nan")
+    train({**TINY, "epochs": 1, "steps_per_epoch": 2, "out": out, "verbose": 0})
+    good = keras.saving.load_model(os.path.join(out, "last.keras")).get_weights()
+    with pytest.raises(TrainingError, match="NaN"):
+        train(
+            {
+                **TINY,
+                "epochs": 3,
+                "steps_per_epoch": 2,
+                "learning_rate": 1e30,
+                "out": out,
+                "resume": True,
+                "verbose": 0,
+            }
+        )
+    kept = keras.saving.load_model(os.path.join(out, "last.keras")).get_weights()
+    for a, b in zip(kept, good, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_atomic_checkpoint_never_exposes_partial_file(tmp_path):
+    path = tmp_path / "m.keras"
+    callback = AtomicModelCheckpoint(path)
+    assert callback.filepath.endswith(".tmp-m.keras")
+    assert callback.final_path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"precision": "float8"}, "precision"),
+        ({"jit_compile": "maybe"}, "jit_compile"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"validation_fraction": 1.5}, "validation_fraction"),
+        ({"preset": "densenet7"}, "preset"),
+        ({"growth_rate": 0}, "growth_rate"),
+        ({"distribute": "tpu"}, "distribute"),
+        ({"colour": "red"}, "Unknown training options"),
+    ],
+)
+def test_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(options)
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    from keras_densenet.training import train
+    summary = train({"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4,
+                     "epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
+                     "distribute": "mirrored", "sync_batchnorm": True,
+                     "out": sys.argv[1], "verbose": 0})
+    print("RESULT" + json.dumps(summary))
+    """
+)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED, str(tmp_path / "mirrored")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT"))
+    summary = json.loads(line[len("RESULT") :])
+    assert summary["replicas"] == 2
+    assert summary["global_batch_size"] == 16  # per-replica batch x replicas
+    assert np.isfinite(summary["final"]["loss"])
