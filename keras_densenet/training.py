@@ -504,6 +504,115 @@ def _prepare_run_dir(config: TrainConfig) -> None:
             )
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """The datasets of a run and what the model needs to know about them.
+
+    Attributes:
+        train: Training batches (repeated when ``steps_per_epoch`` is capped).
+        validation: Validation batches.
+        info: The training split's `keras_densenet.data.DatasetInfo`.
+        steps_per_epoch: Optimizer steps per epoch.
+        global_batch: Global batch size (per-replica batch x replicas).
+    """
+
+    train: Any
+    validation: Any
+    info: Any
+    steps_per_epoch: int
+    global_batch: int
+
+
+def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
+    """Loads the training and validation pipelines a config asks for.
+
+    Images stay in the 0..255 scale: the model normalizes them itself with the
+    training split's statistics, so saved and exported models are portable.
+
+    Args:
+        config: The training options.
+        replicas: Number of replicas the global batch is split over.
+
+    Returns:
+        The `TrainingData`.
+
+    Raises:
+        ValueError: If the data cannot be found or an option does not fit it.
+    """
+    from keras_densenet.data import load_dataset
+
+    global_batch = config.batch_size * replicas
+    data_args = {
+        "batch_size": global_batch,
+        "data_dir": config.data_dir,
+        "download": config.download,
+        "normalize": False,
+        "seed": config.seed,
+        "image_size": tuple(config.image_size) if config.image_size else None,
+        "channels": config.channels,
+    }
+    fraction = config.validation_fraction or None
+    train_ds, info = load_dataset(
+        config.dataset, "train", validation_fraction=fraction, **data_args
+    )
+    val_split = "validation" if fraction else "test"
+    val_ds, _ = load_dataset(config.dataset, val_split, validation_fraction=fraction, **data_args)
+    if config.label_smoothing:
+        train_ds = train_ds.map(_one_hot(info.num_classes))
+        val_ds = val_ds.map(_one_hot(info.num_classes))
+    steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
+    if config.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    return TrainingData(train_ds, val_ds, info, steps, global_batch)
+
+
+def build_training_model(
+    config: TrainConfig, data: TrainingData, strategy: Any = None
+) -> keras.Model:
+    """Builds and compiles the model of a run for its data.
+
+    Call it under the dtype policy of ``config.precision`` (see `dtype_policy`)
+    so every layer computes in low precision and ``compile`` wraps the
+    optimizer for loss scaling under mixed_float16.
+
+    Args:
+        config: The training options (architecture, optimizer, XLA, ...).
+        data: The run's data; input shape, classes and normalization come
+            from it.
+        strategy: The active ``tf.distribute`` strategy, if any.
+
+    Returns:
+        The compiled model.
+    """
+    info = data.info
+    model = build_densenet(
+        config.preset,
+        **config.architecture(),
+        memory_efficient=config.memory_efficient,
+        input_shape=info.image_shape,
+        num_classes=info.num_classes,
+        normalization=info.normalization,
+        name=config.preset or "densenet",
+    )
+    if config.sync_batchnorm:
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+    if config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(
+        optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs, data.global_batch),
+        loss=loss,
+        metrics=[metric],
+        jit_compile=resolve_jit_compile(config.jit_compile, strategy, config.precision),
+    )
+    return model
+
+
 def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Trains a DenseNet with ``model.fit`` and writes a run directory.
 
@@ -520,8 +629,6 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         TrainingError: If the loss becomes NaN/inf (the last good checkpoint
             is kept) or the batch does not fit in memory.
     """
-    from keras_densenet.data import load_dataset
-
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
     _prepare_run_dir(config)
@@ -535,57 +642,12 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
 
     strategy = _strategy(config)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    global_batch = config.batch_size * replicas
-    data_args = {
-        "batch_size": global_batch,
-        "data_dir": config.data_dir,
-        "download": config.download,
-        "normalize": False,  # the model normalizes itself (portable .keras / SavedModel)
-        "seed": config.seed,
-        "image_size": tuple(config.image_size) if config.image_size else None,
-        "channels": config.channels,
-    }
-    fraction = config.validation_fraction or None
-    train_ds, info = load_dataset(
-        config.dataset, "train", validation_fraction=fraction, **data_args
-    )
-    val_split = "validation" if fraction else "test"
-    val_ds, _ = load_dataset(config.dataset, val_split, validation_fraction=fraction, **data_args)
-    if config.label_smoothing:
-        train_ds = train_ds.map(_one_hot(info.num_classes))
-        val_ds = val_ds.map(_one_hot(info.num_classes))
-
-    steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
-    if config.steps_per_epoch:
-        train_ds = train_ds.repeat()
-    jit = resolve_jit_compile(config.jit_compile, strategy, config.precision)
-
-    with dtype_policy(config.precision), strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_densenet(
-            config.preset,
-            **config.architecture(),
-            memory_efficient=config.memory_efficient,
-            input_shape=info.image_shape,
-            num_classes=info.num_classes,
-            normalization=info.normalization,
-            name=config.preset or "densenet",
-        )
-        if config.sync_batchnorm:
-            for layer in model._flatten_layers():
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.synchronized = True
-        if config.label_smoothing:
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-            metric = keras.metrics.CategoricalAccuracy(name="accuracy")
-        else:
-            loss = keras.losses.SparseCategoricalCrossentropy()
-            metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        model.compile(
-            optimizer=make_optimizer(config, steps * config.epochs, global_batch),
-            loss=loss,
-            metrics=[metric],
-            jit_compile=jit,
-        )
+    data = load_training_data(config, replicas)
+    info, global_batch = data.info, data.global_batch
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
+    with dtype_policy(config.precision), scope:
+        model = build_training_model(config, data, strategy)
+    jit = bool(model.jit_compile)
 
     out = config.out
     backup_dir = os.path.join(out, "backup")
@@ -613,10 +675,10 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     ]
     try:
         history = model.fit(
-            train_ds,
-            validation_data=val_ds,
+            data.train,
+            validation_data=data.validation,
             epochs=config.epochs,
-            steps_per_epoch=steps if config.steps_per_epoch else None,
+            steps_per_epoch=data.steps_per_epoch if config.steps_per_epoch else None,
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=config.verbose,
@@ -796,9 +858,12 @@ def evaluate(
 __all__ = [
     "PRESETS",
     "TrainConfig",
+    "TrainingData",
     "TrainingError",
+    "build_training_model",
     "evaluate",
     "load_model",
+    "load_training_data",
     "make_optimizer",
     "resolve_jit_compile",
     "train",
