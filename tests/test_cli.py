@@ -1,0 +1,136 @@
+"""The keras-densenet command: exit codes, one-line errors, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_densenet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_subcommands():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for command in ("train", "evaluate", "summary"):
+        assert command in proc.stdout
+    train_help = run("train", "--help").stdout
+    for flag in (
+        "--preset",
+        "--depth",
+        "--blocks",
+        "--growth-rate",
+        "--compression",
+        "--no-bottleneck",
+        "--dropout",
+        "--precision",
+        "--jit-compile",
+        "--distribute",
+        "--resume",
+        "--memory-efficient",
+        "--config",
+    ):
+        assert flag in train_help, flag
+
+
+def test_summary_reports_macs_within_1_percent_of_torchvision():
+    proc = run("summary", "--preset", "densenet121", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    macs = sum(r["macs"] for r in rows)
+    assert abs(macs / 2.834e9 - 1) < 0.01
+    assert [r["name"] for r in rows if r["type"] == "DenseBlock"] == [
+        "conv2",
+        "conv3",
+        "conv4",
+        "conv5",
+    ]
+    table = run("summary", "--preset", "densenet_bc_100_12", "--input-shape", "28,28,1").stdout
+    assert "GMACs" in table and "FLOPs = 2 x MACs" in table
+    # 1-channel stem: 769,162 - 3x3x(3-1)x24 = 768,730 trainable.
+    assert "trainable 768,730" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("train", "--preset", "densenet7"), ("preset", "densenet121")),
+        (("train", "--dataset", "no_such_dataset_xyz"), ("no_such_dataset_xyz",)),
+        (("train", "--epochs", "-1"), ("--epochs",)),
+        (("train", "--batch-size", "0"), ("--batch-size",)),
+        (("train", "--growth-rate", "-2"), ("--growth-rate",)),
+        (("train", "--compression", "1.5"), ("compression",)),
+        (("train", "--dropout", "1"), ("dropout_rate",)),
+        (("train", "--depth", "41"), ("depth",)),
+        (("train", "--blocks", "6,x"), ("--blocks",)),
+        (("train", "--precision", "fp8"), ("--precision",)),
+        (("train", "--config", "/no/such/config.json"), ("--config",)),
+        (("train", "--out", "/proc/keras-densenet-run"), ("out",)),
+        (("evaluate", "/no/such/model.keras"), ("/no/such/model.keras",)),
+        (("summary", "--preset", "densenet121", "--input-shape", "3,224,224"), ("channels-first",)),
+        (("summary", "--input-shape", "16,16,3"), ("at least 29",)),
+        (("nonsense",), ("invalid choice",)),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(args, needles, tmp_path):
+    assert_one_line_error(run(*args, cwd=tmp_path), *needles)
+
+
+def test_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_one_line_error(run("train", "--config", str(bad)), "not valid JSON")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"colour": "red"}))
+    assert_one_line_error(run("train", "--config", str(unknown)), "Unknown training options")
+
+
+def test_train_then_evaluate_end_to_end(tmp_path):
+    out = str(tmp_path / "run")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4}))
+    proc = run(
+        "train",
+        "--config",
+        str(config),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "3",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--out",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy" in proc.stdout
+    with open(os.path.join(out, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["depth"] == 10 and saved["epochs"] == 1 and saved["growth_rate"] == 4
+    again = run("train", "--config", str(config), "--epochs", "1", "--out", out)
+    assert_one_line_error(again, "--resume")
+    evaluation = run("evaluate", out, "--out", str(tmp_path / "eval"))
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    assert "accuracy" in evaluation.stdout and "Ankle boot" in evaluation.stdout
+    assert os.path.getsize(tmp_path / "eval" / "confusion_matrix.png") > 0
