@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--distribute",
-        choices=("mirrored",),
-        help="tf.distribute.MirroredStrategy over all local GPUs",
+        choices=("mirrored", "data_parallel"),
+        help="mirrored: tf.distribute.MirroredStrategy over all local GPUs (TensorFlow); "
+        "data_parallel: keras.distribution.DataParallel over all devices and hosts (JAX)",
     )
     run.add_argument(
         "--sync-batchnorm", action="store_true", default=None, help="synchronize BN across replicas"

@@ -37,7 +37,7 @@ from keras_densenet.models import PRESETS, build_densenet, resolve_config
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("off", "on", "auto")
 SCHEDULES = ("step", "cosine")
-DISTRIBUTE = (None, "mirrored")
+DISTRIBUTE = (None, "mirrored", "data_parallel")
 #: The paper's batch size: the learning rate scales linearly from it.
 REFERENCE_BATCH = 64
 
@@ -74,7 +74,10 @@ class TrainConfig:
         precision: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``.
         jit_compile: ``"off"``, ``"on"`` or ``"auto"`` (on where a GPU is
             present and no distribution strategy is active).
-        distribute: None or ``"mirrored"`` (``tf.distribute.MirroredStrategy``).
+        distribute: None, ``"mirrored"`` (``tf.distribute.MirroredStrategy``
+            over all local GPUs; TensorFlow backend) or ``"data_parallel"``
+            (``keras.distribution.DataParallel`` over all devices; JAX
+            backend, and across hosts when ``KERAS_DISTRIBUTION_*`` is set).
         sync_batchnorm: Synchronize BN statistics across replicas.
         steps_per_epoch: Optional cap on training steps per epoch.
         seed: Seed of weights, shuffling and augmentation.
@@ -346,9 +349,39 @@ def dtype_policy(name: str) -> Iterator[None]:
 def _strategy(config: TrainConfig) -> Any:
     if config.distribute != "mirrored":
         return None
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`distribute='mirrored'` needs the TensorFlow backend (KERAS_BACKEND is "
+            f"{keras.backend.backend()!r}); use distribute='data_parallel' on JAX."
+        )
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
+
+
+_MULTI_HOST_JOINED = False
+
+
+def _data_parallel(config: TrainConfig) -> int:
+    """Sets a ``keras.distribution.DataParallel`` distribution; returns its device count.
+
+    With ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES``
+    and ``KERAS_DISTRIBUTION_PROCESS_ID`` set, the processes first join one
+    multi-host JAX runtime (``keras.distribution.initialize``).
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "`distribute='data_parallel'` needs the JAX backend (KERAS_BACKEND=jax); "
+            f"the backend is {keras.backend.backend()!r}. On TensorFlow use 'mirrored'."
+        )
+    global _MULTI_HOST_JOINED
+    if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") and not _MULTI_HOST_JOINED:
+        # Must come before anything touches a JAX device, and only once per process.
+        keras.distribution.initialize()
+        _MULTI_HOST_JOINED = True
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
 
 
 def resolve_jit_compile(mode: str, strategy: Any = None, precision: str = "float32") -> bool:
@@ -631,7 +664,23 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
-    _prepare_run_dir(config)
+    previous = keras.distribution.distribution()
+    try:
+        devices = None
+        if config.distribute == "data_parallel":
+            devices = _data_parallel(config)
+            import jax
+
+            if jax.process_index() > 0:  # one run directory per host; the chief's is `out`
+                worker_out = os.path.join(config.out, f"worker-{jax.process_index()}")
+                config = dataclasses.replace(config, out=worker_out)
+        _prepare_run_dir(config)
+        return _train(config, devices)
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
@@ -641,7 +690,10 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         tf.config.experimental.enable_op_determinism()
 
     strategy = _strategy(config)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if devices is not None:
+        replicas = devices
+    else:
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     data = load_training_data(config, replicas)
     info, global_batch = data.info, data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
@@ -829,7 +881,7 @@ def evaluate(
         )
     labels, predictions = [], []
     for images, batch_labels in ds:
-        probabilities = model.predict_on_batch(images)
+        probabilities = model.predict_on_batch(np.asarray(images))
         predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
         labels.append(np.asarray(batch_labels))
     y_true, y_pred = np.concatenate(labels), np.concatenate(predictions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -310,3 +311,74 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert summary["replicas"] == 2
     assert summary["global_batch_size"] == 16  # per-replica batch x replicas
     assert np.isfinite(summary["final"]["loss"])
+
+
+DATA_PARALLEL = textwrap.dedent(
+    """
+    import json, sys
+    import keras
+    from keras_densenet.training import train
+    summary = train({"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4,
+                     "epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
+                     "distribute": "data_parallel", "out": sys.argv[1], "verbose": 0})
+    assert keras.distribution.distribution() is None  # restored after the run
+    print("RESULT" + json.dumps(summary))
+    """
+)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_data_parallel_two_hosts_on_localhost(tmp_path):
+    """Two processes, one JAX CPU device each, joined by keras.distribution.initialize."""
+    out = str(tmp_path / "dp")
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{_free_port()}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DATA_PARALLEL, out],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)},
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        line = next(s for s in stdout.splitlines() if s.startswith("RESULT"))
+        results.append(json.loads(line[len("RESULT") :]))
+    chief, worker = results
+    assert chief["replicas"] == worker["replicas"] == 2
+    assert chief["global_batch_size"] == 16
+    # Both hosts hold the same replicated model after every synchronized step.
+    assert chief["final"]["loss"] == pytest.approx(worker["final"]["loss"], rel=1e-5)
+    assert os.path.exists(os.path.join(out, "best.keras"))
+    assert os.path.exists(os.path.join(out, "worker-1", "best.keras"))
+
+
+def test_distribute_needs_the_right_backend(tmp_path):
+    with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):
+        train(
+            {
+                **TINY,
+                "epochs": 1,
+                "distribute": "data_parallel",
+                "out": str(tmp_path / "x"),
+                "verbose": 0,
+            }
+        )
