@@ -217,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=("train", "validation", "test"))
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", help="where to write evaluation.json and confusion_matrix.png")
+    evaluate.add_argument(
+        "--allow-unsafe",
+        action="store_true",
+        help="load a model file that carries code (Lambda layers); only for files you trust",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     summary = sub.add_parser("summary", help="per-block table of shapes, channels, params and MACs")
@@ -225,6 +230,70 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=_positive_int)
     summary.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     summary.set_defaults(func=_summary)
+
+    tune = sub.add_parser(
+        "tune", help="search growth rate, compression, depth, ... with KerasTuner"
+    )
+    tune.add_argument(
+        "--config", help="JSON file of base training options (as for train); flags override it"
+    )
+    search = tune.add_argument_group("search")
+    search.add_argument(
+        "--tuner",
+        default="hyperband",
+        choices=("hyperband", "bayesian", "random"),
+        help="search algorithm (default: %(default)s)",
+    )
+    search.add_argument(
+        "--max-trials", type=_positive_int, default=10, help="most trials (default 10)"
+    )
+    search.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        default=20,
+        help="epochs per trial; Hyperband: the most for one model (default 20)",
+    )
+    search.add_argument(
+        "--factor", type=_positive_int, default=3, help="Hyperband reduction factor (default 3)"
+    )
+    search.add_argument(
+        "--max-params",
+        type=_positive_int,
+        help="trainable-parameter budget: larger configurations are pruned before building",
+    )
+    search.add_argument(
+        "--range",
+        dest="ranges",
+        action="append",
+        metavar="NAME=LOW,HIGH[,STEP]",
+        help="search range, e.g. growth_rate=8,48,4 or bottleneck=true (repeatable); names: "
+        "growth_rate, compression, layers_per_block, bottleneck, dropout_rate, learning_rate",
+    )
+    search.add_argument(
+        "--fix",
+        action="append",
+        metavar="NAME=VALUE",
+        help="hold a value, e.g. compression=0.5, depth=40 or blocks=6,12,24,16 (repeatable)",
+    )
+    search.add_argument(
+        "--overwrite", action="store_true", help="discard a search in --out instead of resuming"
+    )
+    _add_data(tune, default=None)
+    tune.add_argument("--download", action="store_true", help="allow TFDS to download data")
+    tune.add_argument(
+        "--validation-fraction", type=_float, help="part of train held out (default 0.1)"
+    )
+    trial = tune.add_argument_group("each trial (defaults: as for train)")
+    trial.add_argument("--batch-size", type=_positive_int, help="per-replica batch size")
+    trial.add_argument("--steps-per-epoch", type=_positive_int, help="cap training steps")
+    trial.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    trial.add_argument("--jit-compile", choices=("off", "on", "auto"))
+    trial.add_argument("--seed", type=_non_negative_int, help="seed of the oracle and trials")
+    tune.add_argument(
+        "--out", default="tuning/default", help="tuning directory (default: %(default)s)"
+    )
+    tune.add_argument("--quiet", action="store_true", help="no trial tables or progress")
+    tune.set_defaults(func=_tune)
 
     return parser
 
@@ -304,6 +373,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
         channels=args.channels,
+        allow_unsafe=args.allow_unsafe,
     )
     print(f"accuracy {result['accuracy']:.4f} on {result['num_examples']} {args.split} images")
     for name, acc in result["per_class_accuracy"].items():
@@ -327,6 +397,68 @@ def _summary(args: argparse.Namespace) -> int:
         print(json.dumps(block_table(model)))
     else:
         print(format_table(model))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from keras_densenet.tuning import parse_assignments, tune
+
+    options: dict[str, Any] = {}
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise UsageError(f"--config file not found: {args.config!r}")
+        try:
+            with open(args.config) as f:
+                options = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"--config {args.config!r} is not valid JSON: {err}") from None
+        if not isinstance(options, dict):
+            raise UsageError(f"--config {args.config!r} must hold a JSON object of options")
+    flags = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "image_size": args.image_size,
+        "channels": args.channels,
+        "download": args.download or None,
+        "validation_fraction": args.validation_fraction,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": args.steps_per_epoch,
+        "precision": args.precision,
+        "jit_compile": args.jit_compile,
+        "seed": args.seed,
+        "verbose": 0 if args.quiet else None,
+    }
+    options.update({k: v for k, v in flags.items() if v is not None})
+    summary = tune(
+        options,
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        factor=args.factor,
+        ranges=parse_assignments(args.ranges, "--range"),
+        fixed=parse_assignments(args.fix, "--fix"),
+        max_params=args.max_params,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    if summary["role"] == "worker":
+        print(f"worker {summary['tuner_id']} finished | search in {args.out}")
+        return 0
+    counts = (
+        f"{summary['trials']} trials: {summary['completed']} completed, "
+        f"{summary['pruned']} pruned, {summary['failed']} failed"
+    )
+    best = summary["best"]
+    if best is None:
+        _fail(f"{PROG} tune: no trial completed ({counts}); see {summary['results_csv']}", 1)
+    arch = best["architecture"]
+    layout = f"L={arch['depth']}" if arch["depth"] else f"blocks {arch['blocks']}"
+    print(
+        f"best val accuracy {best['val_accuracy']:.4f} (trial {best['trial_id']}: {layout}, "
+        f"k={arch['growth_rate']}, theta={arch['compression']:.2f}, "
+        f"{best['trainable_params']:,} params) | {counts} | {summary['wall_time_s']:.0f} s | "
+        f"train it: {PROG} train --config {summary['best_config']}"
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -793,17 +794,23 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
     return summary
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
+def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> keras.Model:
     """Loads a ``.keras`` model in safe mode (no ``custom_objects`` needed).
+
+    Safe mode refuses files that would run arbitrary code when loaded (a
+    ``Lambda`` layer's pickled function); only ``allow_unsafe=True`` turns it
+    off, for files you trust.
 
     Args:
         path: A ``.keras`` file, or a run directory (its ``best.keras``).
+        allow_unsafe: Load ``Lambda`` layers and other code-carrying objects.
 
     Returns:
         The model.
 
     Raises:
-        ValueError: If the file is missing or not a loadable ``.keras`` file.
+        ValueError: If the file is missing, truncated, corrupted, or needs
+            unsafe deserialization that was not allowed.
     """
     import keras_densenet  # noqa: F401  (registers the layers)
 
@@ -812,10 +819,20 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         path = os.path.join(path, "best.keras")
     if not os.path.isfile(path):
         raise ValueError(f"Model file not found: {path!r}.")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a valid .keras file (not a zip archive): truncated or corrupted."
+        )
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, safe_mode=not allow_unsafe)
     except Exception as err:
-        raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {err}") from err
+        text = str(err)
+        if "safe_mode" in text or "unsafe" in text.lower():
+            raise ValueError(
+                f"Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would "
+                "run on load; pass allow_unsafe=True (--allow-unsafe) only for a file you trust."
+            ) from err
+        raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
 
 
 def evaluate(
@@ -828,6 +845,7 @@ def evaluate(
     batch_size: int = 256,
     image_size: Sequence[int] | None = None,
     channels: int | None = None,
+    allow_unsafe: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy and a confusion matrix on a split.
 
@@ -841,6 +859,7 @@ def evaluate(
         batch_size: Evaluation batch size.
         image_size: Optional resize, as in training.
         channels: Optional channel conversion, as in training.
+        allow_unsafe: Allow a model file that carries code (see `load_model`).
 
     Returns:
         ``{"accuracy", "per_class_accuracy", "confusion_matrix", "class_names",
@@ -856,7 +875,7 @@ def evaluate(
     if not isinstance(model, keras.Model):
         if out is None and os.path.isdir(os.fspath(model)):
             out = model
-        model = load_model(model)
+        model = load_model(model, allow_unsafe=allow_unsafe)
     ds, info = load_dataset(
         dataset,
         split,

@@ -1,0 +1,357 @@
+"""Faults survived, bad input refused, nothing lost (figures go to tests/RELIABILITY.md).
+
+Crashes are real: the training runs in a subprocess that is SIGKILLed, either from
+outside or by itself in the middle of writing a checkpoint (a test-side patch of the
+Keras save functions writes half a file and then kills the process).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_densenet import build_densenet
+from keras_densenet.training import load_model
+
+TRAIN_ARGS = [
+    "train",
+    "--preset",
+    "densenet_bc_100_12",
+    "--depth",
+    "10",
+    "--growth-rate",
+    "4",
+    "--epochs",
+    "4",
+    "--steps-per-epoch",
+    "30",
+    "--batch-size",
+    "16",
+    "--seed",
+    "0",
+    "--quiet",
+]
+
+# Runs the CLI after patching one Keras save function to crash mid-write on its Nth call.
+CRASHING = textwrap.dedent(
+    """
+    import os, signal, sys
+    import keras
+    from keras_densenet import training
+    target, nth = sys.argv[1], int(sys.argv[2])
+    calls = {"n": 0}
+
+    def crash_while_writing(path):
+        with open(path, "wb") as f:  # half a file at the name being written
+            f.write(b"PK\\x03\\x04 partial checkpoint")
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if target in ("save", "save_weights"):
+        original = getattr(keras.Model, target)
+
+        def patched(self, filepath, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                crash_while_writing(str(filepath))
+            return original(self, filepath, *args, **kwargs)
+
+        setattr(keras.Model, target, patched)
+    elif target == "batch":
+        original = training.ThroughputMeter.on_train_batch_end
+
+        def patched(self, batch, logs=None):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, batch, logs)
+
+        training.ThroughputMeter.on_train_batch_end = patched
+    from keras_densenet.cli import main
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_densenet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _epochs_logged(out):
+    with open(os.path.join(out, "history.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def _kill_from_outside_after_epoch(out, epoch):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_densenet", *TRAIN_ARGS, "--out", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    meta = os.path.join(out, "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(meta):
+            with open(meta) as f:
+                if json.load(f)["epoch"] >= epoch:
+                    break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.reliability("faults")
+@pytest.mark.parametrize(
+    ("point", "target", "nth"),
+    [
+        ("first_epoch", "batch", 10),  # SIGKILL in the middle of epoch 1
+        ("model_checkpoint_write", "save", 3),  # SIGKILL half-way through writing a .keras file
+        ("backup_write", "save_weights", 2),  # SIGKILL half-way through the BackupAndRestore state
+        ("between_epochs", "outside", 2),  # SIGKILL from outside after two epochs
+    ],
+)
+def test_sigkill_then_resume_finishes_the_run(tmp_path, point, target, nth):
+    out = str(tmp_path / point)
+    if target == "outside":
+        _kill_from_outside_after_epoch(out, nth)
+    else:
+        crashed = subprocess.run(
+            [sys.executable, "-c", CRASHING, target, str(nth), *TRAIN_ARGS, "--out", out],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    resumed = _cli(*TRAIN_ARGS, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _epochs_logged(out) == [0, 1, 2, 3]  # one continuous history
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["epochs"] == 4  # same as an uninterrupted run
+    for name in ("best.keras", "last.keras"):
+        load_model(os.path.join(out, name))
+    # Whatever was half-written lies under a temporary name that nothing loads.
+    leftovers = [n for n in os.listdir(out) if n.endswith(".keras") and not n.startswith(".tmp-")]
+    assert sorted(leftovers) == ["best.keras", "last.keras"]
+
+
+@pytest.mark.reliability("faults")
+def test_out_of_memory_suggests_remedies(tmp_path):
+    limit = 6 * 2**30
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_densenet",
+            "train",
+            "--preset",
+            "densenet_bc_100_12",
+            "--batch-size",
+            "2048",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "oom"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=cap_memory,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Out of memory" in last and "--memory-efficient" in last and "--batch-size" in last
+    assert "mixed" in last and "Traceback" not in proc.stderr
+
+
+@pytest.mark.reliability("bad_input")
+def test_truncated_and_corrupted_model_files(tmp_path):
+    model = build_densenet(
+        blocks=(1, 1), growth_rate=4, num_init_features=8, stem="cifar", input_shape=(16, 16, 1)
+    )
+    good = tmp_path / "good.keras"
+    model.save(good)
+    data = good.read_bytes()
+    cases = {
+        "truncated.keras": data[: len(data) // 2],
+        "garbage.keras": b"this is not a zip file",
+        "empty.keras": b"",
+    }
+    for name, payload in cases.items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            load_model(path)
+        proc = _cli("evaluate", str(path))
+        assert proc.returncode == 2 and name in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.reliability("bad_input")
+def test_truncated_weights_files(tmp_path):
+    kwargs = {
+        "blocks": (1, 1),
+        "growth_rate": 4,
+        "num_init_features": 8,
+        "stem": "cifar",
+        "input_shape": (16, 16, 1),
+    }
+    source = build_densenet(**kwargs)
+    path = tmp_path / "w.weights.h5"
+    source.save_weights(path)
+    truncated = tmp_path / "cut.weights.h5"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"cut\.weights\.h5"):
+        build_densenet(**kwargs, weights=str(truncated))
+    legacy = tmp_path / "legacy.h5"
+    with h5py.File(legacy, "w") as f:
+        f.attrs["layer_names"] = [b"conv1_conv"]
+        f.create_group("conv1_conv").attrs["weight_names"] = [b"kernel:0"]
+        f["conv1_conv"].create_dataset("kernel:0", data=np.zeros((3, 3, 1, 8)))
+    with pytest.raises(ValueError, match="Architecture mismatch"):
+        build_densenet(**kwargs, weights=str(legacy))
+
+
+@pytest.mark.reliability("security")
+def test_lambda_model_refused_unless_opted_in(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ValueError, match="Refusing to load"):
+        load_model(path)
+    loaded = load_model(path, allow_unsafe=True)
+    np.testing.assert_allclose(loaded.predict(np.ones((1, 4)), verbose=0), 2.0)
+    proc = _cli("evaluate", str(path))
+    assert proc.returncode == 2 and "Refusing to load" in proc.stderr
+
+
+@pytest.mark.reliability("security")
+def test_package_never_disables_safe_mode_or_uses_a_shell():
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "keras_densenet")
+    offenders = []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(directory, name)
+            with open(path) as f:
+                text = f.read()
+            for pattern in (
+                "safe_mode=False",
+                "shell=True",
+                "os.system(",
+                "os.popen(",
+                "eval(",
+                "exec(",
+            ):
+                if pattern in text:
+                    offenders.append(f"{name}: {pattern}")
+    assert offenders == []
+
+
+@pytest.mark.reliability("security")
+def test_nothing_downloads_implicitly(tmp_path, monkeypatch):
+    import socket
+
+    attempts = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    from keras_densenet.training import train
+
+    train(
+        {
+            "preset": "densenet_bc_100_12",
+            "depth": 10,
+            "growth_rate": 4,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "out": str(tmp_path / "offline"),
+            "verbose": 0,
+        }
+    )
+    build_densenet("densenet121")
+    assert attempts == []
+
+
+@pytest.mark.reliability("security")
+def test_paths_are_not_interpolated_into_shell_commands(tmp_path):
+    marker = tmp_path / "pwned"
+    out = str(tmp_path / f"run$(touch {marker});`touch {marker}`")
+    proc = _cli(
+        "train",
+        "--preset",
+        "densenet_bc_100_12",
+        "--depth",
+        "10",
+        "--growth-rate",
+        "4",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--quiet",
+        "--out",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not marker.exists()
+    assert os.path.exists(os.path.join(out, "best.keras"))  # the odd name is just a name
+
+
+@pytest.mark.reliability("determinism")
+def test_seeded_deterministic_runs_give_identical_weights(tmp_path):
+    args = [
+        "train",
+        "--preset",
+        "densenet_bc_100_12",
+        "--depth",
+        "10",
+        "--growth-rate",
+        "4",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "8",
+        "--batch-size",
+        "16",
+        "--seed",
+        "7",
+        "--deterministic",
+        "--quiet",
+    ]
+    weights = []
+    for run in ("a", "b"):
+        proc = _cli(*args, "--out", str(tmp_path / run))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights.append(load_model(tmp_path / run / "last.keras").get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
