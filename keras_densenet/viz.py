@@ -176,6 +176,7 @@ def plot_feature_maps(
     layer_names: Sequence[str],
     path: str | os.PathLike,
     max_maps: int = 16,
+    newest: bool = False,
 ) -> str:
     """Draws the feature maps of some layers for one image as image grids.
 
@@ -186,6 +187,9 @@ def plot_feature_maps(
             ``["conv1_conv", "conv2"]``.
         path: The PNG file to write.
         max_maps: At most this many channels per layer.
+        newest: Draw each layer's last channels instead of its first; for a
+            `DenseBlock` those are the maps its layers added (the first ones
+            are its input, passed through).
 
     Returns:
         ``path``.
@@ -223,10 +227,12 @@ def plot_feature_maps(
     row = 1
     for name, out, nrows in zip(layer_names, outputs, rows_per, strict=True):
         maps = out[0]
-        for k in range(min(max_maps, maps.shape[-1])):
+        count = min(max_maps, maps.shape[-1])
+        first = maps.shape[-1] - count if newest else 0
+        for k in range(count):
             ax = axes[row + k // cols, k % cols]
-            ax.imshow(maps[..., k], cmap="viridis")
-            ax.set_title(f"{name}[{k}]", fontsize=7)
+            ax.imshow(maps[..., first + k], cmap="viridis")
+            ax.set_title(f"{name}[{first + k}]", fontsize=7)
         row += nrows
     return _save(fig, path)
 
