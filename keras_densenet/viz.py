@@ -98,6 +98,8 @@ def plot_history(
             ax.plot(epochs, history[f"val_{metric}"], "s--", label=f"validation {metric}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        if metric == "loss" and min(min(history[k]) for k in history if k.endswith("loss")) > 0:
+            ax.set_yscale("log")  # early validation losses can be 50x the final ones
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
