@@ -231,6 +231,36 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     summary.set_defaults(func=_summary)
 
+    export = sub.add_parser(
+        "export", help="export a run or .keras model as a TF Serving SavedModel (and TFLite)"
+    )
+    export.add_argument("model", help="a run directory or a .keras file")
+    export.add_argument(
+        "--out", required=True, help="model directory, e.g. saved_models/NAME (versions inside)"
+    )
+    export.add_argument("--version", type=_positive_int, help="version number (default: next free)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument(
+        "--tflite",
+        choices=("float32", "int8"),
+        help="also write model.tflite next to the version (int8: calibrated on the sample data)",
+    )
+    export.set_defaults(func=_export)
+
+    predict = sub.add_parser("predict", help="top-k classes of images from a model or an export")
+    predict.add_argument(
+        "model", help="a .keras file, a run directory, or an exported SavedModel directory"
+    )
+    predict.add_argument("images", nargs="*", help="JPEG/PNG/GIF/BMP image files")
+    predict.add_argument(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="predict N test images of the embedded fashion_mnist_sample (with their true labels)",
+    )
+    predict.add_argument("--top-k", type=_positive_int, default=3)
+    predict.set_defaults(func=_predict)
+
     tune = sub.add_parser(
         "tune", help="search growth rate, compression, depth, ... with KerasTuner"
     )
@@ -381,6 +411,63 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from keras_densenet import export
+
+    path = export.export_savedmodel(
+        args.model, args.out, version=args.version, overwrite=args.overwrite
+    )
+    print(f"exported SavedModel {path}")
+    if args.tflite:
+        representative = list(_sample_images(200)[0]) if args.tflite == "int8" else None
+        tflite = export.export_tflite(
+            args.model,
+            os.path.join(args.out, f"model_{args.tflite}.tflite"),
+            quantization=args.tflite,
+            representative_data=representative,
+        )
+        print(f"exported TFLite {tflite}")
+    print(export.tensorflow_serving_command(args.out))
+    return 0
+
+
+def _sample_images(count: int) -> tuple[Any, list[str], list[str]]:
+    """The first ``count`` uint8 test images of the embedded sample, labels, names."""
+    import numpy as np
+
+    from keras_densenet.data import load_dataset
+
+    dataset, info = load_dataset(
+        "fashion_mnist_sample", "test", batch_size=count, normalize=False, shuffle=False
+    )
+    images, labels = next(iter(dataset))
+    names = [info.class_names[int(i)] for i in np.asarray(labels)]
+    return np.asarray(images).astype("uint8"), names, list(info.class_names)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from keras_densenet import export
+
+    if not args.images and not args.sample:
+        raise UsageError("give image files or --sample N")
+    images: Any = list(args.images)
+    truths: list[str | None] = [None] * len(images)
+    if args.sample:
+        pixels, names, _ = _sample_images(args.sample)
+        if images:
+            raise UsageError("give either image files or --sample N, not both")
+        images, truths = pixels, list(names)
+        labels = [f"sample test image {i}" for i in range(len(truths))]
+    else:
+        labels = list(args.images)
+    results = export.predict(args.model, images, top_k=args.top_k)
+    for label, truth, top in zip(labels, truths, results, strict=True):
+        guesses = ", ".join(f"{name} {prob:.3f}" for name, prob in top)
+        suffix = f" (true: {truth})" if truth is not None else ""
+        print(f"{label}{suffix}: {guesses}")
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
     from keras_densenet.analysis import block_table, format_table
     from keras_densenet.models import build_densenet
@@ -475,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
         _fail(f"{PROG} {args.command}: error: {err}")
     except KeyboardInterrupt:
         _fail(f"{PROG} {args.command}: interrupted", code=130)

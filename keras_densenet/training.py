@@ -39,6 +39,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("off", "on", "auto")
 SCHEDULES = ("step", "cosine")
 DISTRIBUTE = (None, "mirrored", "data_parallel")
+#: The models a run directory holds, in the order a loader prefers them.
+RUN_MODELS = ("best.keras", "last.keras")
 #: The paper's batch size: the learning rate scales linearly from it.
 REFERENCE_BATCH = 64
 
@@ -794,7 +796,9 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
     return summary
 
 
-def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> keras.Model:
+def load_model(
+    path: str | os.PathLike, *, allow_unsafe: bool = False, compile: bool = True
+) -> keras.Model:
     """Loads a ``.keras`` model in safe mode (no ``custom_objects`` needed).
 
     Safe mode refuses files that would run arbitrary code when loaded (a
@@ -802,8 +806,10 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> keras.
     off, for files you trust.
 
     Args:
-        path: A ``.keras`` file, or a run directory (its ``best.keras``).
+        path: A ``.keras`` file, or a run directory (its ``best.keras``, else
+            ``last.keras``).
         allow_unsafe: Load ``Lambda`` layers and other code-carrying objects.
+        compile: Restore the training configuration (optimizer, loss) too.
 
     Returns:
         The model.
@@ -816,15 +822,23 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> keras.
 
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, "best.keras")
+        found = [os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise ValueError(
+                f"Directory {path!r} is not a training run directory: it has none of "
+                f"{', '.join(RUN_MODELS)}."
+            )
+        path = found[0]
     if not os.path.isfile(path):
         raise ValueError(f"Model file not found: {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a Keras `.keras` model file, got {path!r}.")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path!r} is not a valid .keras file (not a zip archive): truncated or corrupted."
         )
     try:
-        return keras.saving.load_model(path, safe_mode=not allow_unsafe)
+        return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
     except Exception as err:
         text = str(err)
         if "safe_mode" in text or "unsafe" in text.lower():

@@ -90,6 +90,9 @@ def test_summary_reports_macs_within_1_percent_of_torchvision():
         (("summary", "--preset", "densenet121", "--input-shape", "3,224,224"), ("channels-first",)),
         (("summary", "--input-shape", "16,16,3"), ("at least 29",)),
         (("nonsense",), ("invalid choice",)),
+        (("export", "/no/such/run", "--out", "x"), ("/no/such/run",)),
+        (("predict", "/no/such/model.keras", "--sample", "1"), ("/no/such/model.keras",)),
+        (("predict", "m.keras", "--top-k", "-1"), ("--top-k",)),
     ],
 )
 def test_bad_values_exit_2_with_one_line(args, needles, tmp_path):
@@ -134,3 +137,19 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     assert "accuracy" in evaluation.stdout and "Ankle boot" in evaluation.stdout
     assert os.path.getsize(tmp_path / "eval" / "confusion_matrix.png") > 0
+
+    served = str(tmp_path / "saved_models" / "fashion")
+    exported = run("export", out, "--out", served)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert os.path.exists(os.path.join(served, "1", "saved_model.pb"))
+    assert "tensorflow/serving" in exported.stdout
+    assert_one_line_error(run("export", out, "--out", served, "--version", "1"), "exists")
+    predicted = run("predict", served, "--sample", "2", "--top-k", "2")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    lines = predicted.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("(true: " in line for line in lines)
+    image = tmp_path / "not_an_image.jpg"
+    image.write_bytes(b"hello")
+    assert_one_line_error(run("predict", served, str(image)), "not_an_image.jpg")
+    assert_one_line_error(run("predict", str(tmp_path / "missing")), "")
+    assert_one_line_error(run("predict", served), "--sample")
