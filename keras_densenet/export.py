@@ -626,7 +626,14 @@ def export_savedmodel(
     if not isinstance(overwrite, bool):
         raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
     model_dir = os.fspath(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"`model_dir` {model_dir!r} cannot be created: {err.strerror or err}."
+        ) from err
+    if not os.access(model_dir, os.W_OK):
+        raise ValueError(f"`model_dir` {model_dir!r} is not writable.")
     _remove_stale_scratch(model_dir)
 
     def next_free() -> int:

@@ -71,6 +71,7 @@ def test_summary_reports_macs_within_1_percent_of_torchvision():
     assert "trainable 768,730" in table
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
@@ -99,6 +100,7 @@ def test_bad_values_exit_2_with_one_line(args, needles, tmp_path):
     assert_one_line_error(run(*args, cwd=tmp_path), *needles)
 
 
+@pytest.mark.reliability("bad_input")
 def test_bad_config_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -153,3 +155,21 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     assert_one_line_error(run("predict", served, str(image)), "not_an_image.jpg")
     assert_one_line_error(run("predict", str(tmp_path / "missing")), "")
     assert_one_line_error(run("predict", served), "--sample")
+
+
+@pytest.mark.reliability("bad_input")
+def test_unwritable_output_directories_exit_2(tmp_path):
+    from keras_densenet import build_densenet
+
+    model_path = str(tmp_path / "tiny.keras")
+    build_densenet(blocks=(1, 1), growth_rate=4, num_init_features=8, stem="cifar",
+                   input_shape=(16, 16, 1)).save(model_path)
+    unwritable = "/proc/keras-densenet/out"
+    assert_one_line_error(run("export", model_path, "--out", unwritable), unwritable)
+    assert_one_line_error(
+        run("tune", "--max-trials", "1", "--max-epochs", "1", "--out", unwritable), "out"
+    )
+    assert_one_line_error(
+        run("evaluate", model_path, "--dataset", "fashion_mnist_sample", "--out", unwritable),
+        "",
+    )

@@ -286,6 +286,7 @@ def test_read_idx_round_trip(tmp_path):
     np.testing.assert_array_equal(read_idx(_write_idx(tmp_path / "b.gz", images)), images)
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -306,6 +307,7 @@ def test_read_idx_rejects_damaged_files(tmp_path, damage, message, compress):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.reliability("bad_input")
 def test_read_idx_rejects_broken_gzip(tmp_path):
     good = gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 5000) + bytes(5000))
     for name, raw in (("cut.gz", good[: len(good) // 2]), ("bad.gz", good[:20] + b"x" * 40)):
@@ -334,6 +336,7 @@ def test_idx_source_from_data_dir_and_no_flip_for_digits(tmp_path, monkeypatch):
     assert any(m[2] for m in matches)
 
 
+@pytest.mark.reliability("bad_input")
 def test_corrupted_idx_file_in_data_dir_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setitem(data.IDX_DIRS, "mnist", ())
     _write_idx_dir(tmp_path)
@@ -477,6 +480,7 @@ def test_grayscale_image_folder_without_split_folders(tmp_path):
 # Missing data and bad arguments
 
 
+@pytest.mark.reliability("bad_input")
 def test_missing_dataset_lists_the_sources_tried(tmp_path, monkeypatch):
     monkeypatch.setitem(data.IDX_DIRS, "mnist", ())
     start = time.monotonic()
@@ -491,6 +495,7 @@ def test_missing_dataset_lists_the_sources_tried(tmp_path, monkeypatch):
     assert issubclass(DatasetNotFoundError, ValueError)
 
 
+@pytest.mark.reliability("faults")
 def test_download_is_stopped_after_the_timeout(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.setitem(data.IDX_DIRS, "mnist", ())

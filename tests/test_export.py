@@ -296,6 +296,7 @@ def test_rest_body_round_trip(loaded: object, images: np.ndarray, body_format: s
     np.testing.assert_array_equal(from_body["classes"], direct["classes"])
 
 
+@pytest.mark.reliability("bad_input")
 def test_rest_body_bytes_and_errors(loaded: object, images: np.ndarray) -> None:
     encoded = [tf.io.encode_png(image).numpy() for image in images[:2]]
     for body_format, key in (("instances", None), ("inputs", "image_bytes")):
@@ -352,6 +353,7 @@ def test_bytes_signature_png_and_jpeg(
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"not an image at all"]))
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
@@ -368,6 +370,7 @@ def test_in_graph_checks(loaded: object, shape: tuple[int, ...], message: str) -
         loaded.signatures["serving_default"](images=tf.zeros(shape, tf.uint8))
 
 
+@pytest.mark.reliability("bad_input")
 def test_in_graph_checks_bytes(loaded: object) -> None:
     png = tf.io.encode_png(np.zeros((5, 5, 1), np.uint8))
     serve = loaded.signatures["serving_bytes"]
@@ -377,6 +380,7 @@ def test_in_graph_checks_bytes(loaded: object) -> None:
     assert serve(image_bytes=tf.stack([png]))["probabilities"].shape == (1, 10)
 
 
+@pytest.mark.reliability("bad_input")
 def test_load_image_files_errors(tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
     with pytest.raises(ValueError, match=re.escape("missing.png")):
@@ -429,6 +433,7 @@ def test_predict_savedmodel_keras_and_run_dir(
     assert result[0][0][0] == "abcdefghij"[int(expected[0].argmax())]
 
 
+@pytest.mark.reliability("bad_input")
 def test_predict_errors(tmp_path: Path, version_dir: Path, images: np.ndarray) -> None:
     with pytest.raises(ValueError, match=re.escape("nowhere.keras")):
         export.predict(tmp_path / "nowhere.keras", images)
@@ -505,6 +510,7 @@ def test_versioning_and_overwrite(tmp_path: Path, model: keras.Model) -> None:
     assert_complete_versions_only(model_dir)
 
 
+@pytest.mark.reliability("faults")
 def test_failed_export_leaves_no_version(
     tmp_path: Path, model: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -544,6 +550,7 @@ export.export_savedmodel(model, sys.argv[1])
 """
 
 
+@pytest.mark.reliability("faults")
 @pytest.mark.parametrize("moment", ["while_writing", "before_publishing"])
 def test_sigkilled_export_leaves_no_version(
     tmp_path: Path, model: keras.Model, moment: str

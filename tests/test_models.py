@@ -153,6 +153,7 @@ def test_in_model_normalization():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized(x)), 1.0, rtol=1e-5)
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -6,6 +6,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +94,7 @@ plausible = st.fixed_dictionaries(
 arguments = st.one_of(plausible, plausible, plausible, anything)
 
 
+@pytest.mark.reliability("bad_input")
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arguments)
 def test_build_matches_closed_form_or_raises(args):

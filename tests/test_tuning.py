@@ -159,6 +159,7 @@ def test_precision_and_xla_come_from_the_base_config():
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -348,6 +349,7 @@ _KILLABLE = textwrap.dedent(
 )
 
 
+@pytest.mark.reliability("faults")
 def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
     out = str(tmp_path / "random")
     kwargs = {
@@ -479,6 +481,7 @@ def test_pruned_trials_do_not_count_as_consecutive_failures(tmp_path):
 # Command line
 
 
+@pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -1,0 +1,154 @@
+"""build_densenet(memory_efficient=True) computes exactly what the normal mode does.
+
+Recomputing the bottleneck in the backward pass must change memory only:
+outputs, losses, gradients, BatchNormalization moving statistics and the
+weights after ``fit`` all match the normal mode with the same weights, in
+float32 and in graph mode. Memory and speed are measured in
+``benchmarks/memory_scaling.py``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import TINY
+
+from keras_densenet import DenseBlock, DenseLayer, build_densenet
+
+CONFIG = {**TINY, "input_shape": (16, 16, 3), "num_classes": 3}
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _pair(**overrides):
+    """A normal and a memory-efficient model with the same weights."""
+    normal = build_densenet(**{**CONFIG, **overrides})
+    efficient = build_densenet(**{**CONFIG, **overrides}, memory_efficient=True)
+    efficient.set_weights(normal.get_weights())
+    return normal, efficient
+
+
+def _data(batch: int = 8):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, *CONFIG["input_shape"])).astype("float32")
+    y = rng.integers(0, CONFIG["num_classes"], size=(batch,)).astype("int32")
+    return x, y
+
+
+def _assert_same_weights(a, b, what):
+    assert len(a) == len(b)
+    for w_a, w_b in zip(a, b, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(w_a), np.asarray(w_b), rtol=1e-4, atol=1e-5, err_msg=f"{what}: {w_b.path}"
+        )
+
+
+def test_efficient_flag_reaches_every_dense_layer():
+    _, efficient = _pair()
+    blocks = [layer for layer in efficient.layers if isinstance(layer, DenseBlock)]
+    assert blocks and all(block.memory_efficient for block in blocks)
+    assert all(
+        isinstance(dense, DenseLayer) and dense.memory_efficient
+        for block in blocks
+        for dense in block.dense_layers
+    )
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_outputs_match(bottleneck, training):
+    normal, efficient = _pair(bottleneck=bottleneck)
+    x, _ = _data()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(efficient(x, training=training)),
+        keras.ops.convert_to_numpy(normal(x, training=training)),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_loss_gradients_and_bn_statistics_match_in_graph_mode(bottleneck):
+    normal, efficient = _pair(bottleneck=bottleneck)
+    x, y = _data()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    def make_step(model):
+        @tf.function
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, model(images, training=True))
+            return loss, tape.gradient(loss, model.trainable_weights)
+
+        return step
+
+    loss_n, grads_n = make_step(normal)(x, y)
+    loss_e, grads_e = make_step(efficient)(x, y)
+    np.testing.assert_allclose(loss_e.numpy(), loss_n.numpy(), rtol=RTOL)
+    assert len(grads_e) == len(grads_n) == len(normal.trainable_weights)
+    for g_e, g_n, w in zip(grads_e, grads_n, normal.trainable_weights, strict=True):
+        assert g_e is not None, w.path
+        np.testing.assert_allclose(g_e.numpy(), g_n.numpy(), rtol=1e-4, atol=1e-6, err_msg=w.path)
+    # One forward pass in training mode updates every moving statistic once.
+    _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
+    moving = [w for w in normal.non_trainable_weights if "moving_mean" in w.path]
+    assert moving and not any(np.allclose(w.numpy(), 0.0) for w in moving)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_gives_the_same_losses_and_weights(jit_compile):
+    normal, efficient = _pair()
+    initial = normal.get_weights()
+    x, y = _data(16)
+    histories = []
+    for model in (normal, efficient):
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=jit_compile,
+        )
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        histories.append(history.history["loss"])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-4)
+    _assert_same_weights(normal.trainable_weights, efficient.trainable_weights, "trainable")
+    _assert_same_weights(
+        normal.non_trainable_weights, efficient.non_trainable_weights, "non-trainable"
+    )
+    # The weights moved: the comparison above is not between two untouched models.
+    assert not np.allclose(initial[0], normal.get_weights()[0])
+
+
+def test_frozen_batch_norm_uses_moving_statistics():
+    normal, efficient = _pair()
+    for model in (normal, efficient):
+        for layer in model.layers:
+            if isinstance(layer, DenseBlock):
+                for dense in layer.dense_layers:
+                    dense.bn1.trainable = False
+    x, _ = _data()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(efficient(x, training=True)),
+        keras.ops.convert_to_numpy(normal(x, training=True)),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+    _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
+
+
+def test_memory_efficient_model_saves_and_reloads(tmp_path):
+    _, efficient = _pair()
+    x, y = _data()
+    efficient.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    efficient.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "efficient.keras"
+    efficient.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert all(layer.memory_efficient for layer in reloaded.layers if isinstance(layer, DenseBlock))
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), efficient.predict(x, verbose=0), rtol=RTOL, atol=ATOL
+    )
+    # The reloaded model (optimizer state included) keeps training like the original.
+    loss_a = efficient.train_on_batch(x, y)
+    loss_b = reloaded.train_on_batch(x, y)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-4)
