@@ -333,20 +333,26 @@ def _architecture(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _read_config(path: str | None) -> dict[str, Any]:
+    """The JSON object of options in ``--config`` (empty without one)."""
+    if not path:
+        return {}
+    if not os.path.isfile(path):
+        raise UsageError(f"--config file not found: {path!r}")
+    try:
+        with open(path) as f:
+            options = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"--config {path!r} is not valid JSON: {err}") from None
+    if not isinstance(options, dict):
+        raise UsageError(f"--config {path!r} must hold a JSON object of options")
+    return options
+
+
 def _train(args: argparse.Namespace) -> int:
     from keras_densenet.training import TrainConfig, TrainingError, train
 
-    options: dict[str, Any] = {}
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise UsageError(f"--config file not found: {args.config!r}")
-        try:
-            with open(args.config) as f:
-                options = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"--config {args.config!r} is not valid JSON: {err}") from None
-        if not isinstance(options, dict):
-            raise UsageError(f"--config {args.config!r} must hold a JSON object of options")
+    options = _read_config(args.config)
     flags = {
         "preset": args.preset,
         **_architecture(args),
@@ -490,17 +496,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from keras_densenet.tuning import parse_assignments, tune
 
-    options: dict[str, Any] = {}
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise UsageError(f"--config file not found: {args.config!r}")
-        try:
-            with open(args.config) as f:
-                options = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"--config {args.config!r} is not valid JSON: {err}") from None
-        if not isinstance(options, dict):
-            raise UsageError(f"--config {args.config!r} must hold a JSON object of options")
+    options = _read_config(args.config)
     flags = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,

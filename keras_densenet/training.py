@@ -504,24 +504,37 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def ensure_writable_dir(path: str, name: str = "out") -> None:
+    """Creates a directory if needed and checks a file can be written in it.
+
+    Args:
+        path: The directory.
+        name: The argument it came from, for the error message.
+
+    Raises:
+        ValueError: If it is not a directory, cannot be created or is not writable.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"`{name}` {path!r} is not writable: {err.strerror}.") from err
+
+
 def _prepare_run_dir(config: TrainConfig) -> None:
     out = config.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"`out` {out!r} exists and is not a directory.")
-    has_run = os.path.exists(os.path.join(out, "config.json"))
+    has_run = os.path.isdir(out) and os.path.exists(os.path.join(out, "config.json"))
     if has_run and not config.resume:
         raise ValueError(
             f"`out` {out!r} already holds a run: pass resume=True (--resume) to continue it, "
             "or choose another directory."
         )
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"`out` {out!r} is not writable: {err.strerror}.") from err
+    ensure_writable_dir(out)
     if has_run and config.resume:
         with open(os.path.join(out, "config.json")) as f:
             previous = json.load(f)

@@ -96,6 +96,7 @@ from keras_densenet.training import (
     _strategy,
     build_training_model,
     dtype_policy,
+    ensure_writable_dir,
     load_training_data,
     write_json,
 )
@@ -1100,16 +1101,7 @@ def _save_model(model: keras.Model, path: str) -> None:
 
 
 def _prepare_out(out: str, record: dict[str, Any], overwrite: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"`out` {out!r} exists and is not a directory.")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"`out` {out!r} is not writable: {err.strerror}.") from err
+    ensure_writable_dir(out)
     path = os.path.join(out, "tune_config.json")
     previous = None if overwrite else _read_json(path)
     has_project = os.path.exists(os.path.join(out, PROJECT_NAME, "oracle.json"))
