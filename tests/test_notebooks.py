@@ -14,7 +14,12 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "note
 
 def test_notebooks_exist():
     names = [os.path.basename(p) for p in NOTEBOOKS]
-    assert "02_dense_connectivity.ipynb" in names
+    assert names == [
+        "01_quickstart.ipynb",
+        "02_dense_connectivity.ipynb",
+        "03_tuning.ipynb",
+        "04_memory.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
