@@ -104,8 +104,10 @@ def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> kera
         use_bias=False,
         # A fresh instance per convolution: Keras reuses an unseeded
         # initializer's values across calls, which would tie kernels together.
-        kernel_initializer=keras.initializers.get(
-            keras.initializers.serialize(layer.kernel_initializer)
+        # (from_config, not serialize: Keras's serializer imports TensorFlow
+        # to check for it, even on the JAX and PyTorch backends.)
+        kernel_initializer=type(layer.kernel_initializer).from_config(
+            layer.kernel_initializer.get_config()
         ),
         kernel_regularizer=layer.kernel_regularizer,
         name=name,
