@@ -207,7 +207,7 @@ class DenseLayer(keras.layers.Layer):
         """The bottleneck, recomputed in the backward pass instead of stored.
 
         The recomputed function must be pure (``jax.checkpoint`` refuses state
-        updates inside it, and ``tf.recompute_grad`` would apply them twice),
+        updates inside it, and TensorFlow's ``recompute_grad`` would apply them twice),
         so in training the batch statistics are returned from it and the
         moving averages are updated here, as BatchNormalization would.
         """

@@ -162,8 +162,9 @@ def test_unwritable_output_directories_exit_2(tmp_path):
     from keras_densenet import build_densenet
 
     model_path = str(tmp_path / "tiny.keras")
-    build_densenet(blocks=(1, 1), growth_rate=4, num_init_features=8, stem="cifar",
-                   input_shape=(16, 16, 1)).save(model_path)
+    build_densenet(
+        blocks=(1, 1), growth_rate=4, num_init_features=8, stem="cifar", input_shape=(16, 16, 1)
+    ).save(model_path)
     unwritable = "/proc/keras-densenet/out"
     assert_one_line_error(run("export", model_path, "--out", unwritable), unwritable)
     assert_one_line_error(
