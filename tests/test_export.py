@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import os
 import re
@@ -20,22 +19,12 @@ import pytest
 import tensorflow as tf
 
 from keras_densenet import DenseBlock, build_densenet, export
+from keras_densenet.data import FASHION_MNIST_CLASSES, read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_IMAGES = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
 FASHION_LABELS = FASHION_DIR / "t10k-labels-idx1-ubyte.gz"
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = list(FASHION_MNIST_CLASSES)
 TOLERANCE = 1e-5
 
 
@@ -215,8 +204,7 @@ def test_fresh_process_without_package_matches_keras(
 
 def saved_model_cli() -> str:
     path = Path(sys.executable).parent / "saved_model_cli"
-    if not path.exists():
-        pytest.skip("saved_model_cli is not installed next to this Python")
+    assert path.exists(), "saved_model_cli comes with tensorflow; it must be next to this Python"
     return str(path)
 
 
@@ -638,17 +626,12 @@ def test_tensorflow_serving_command(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def read_idx(path: Path, header: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), np.uint8, offset=header)
-
-
 @pytest.fixture(scope="module")
 def fashion() -> tuple[np.ndarray, np.ndarray]:
     if not (FASHION_IMAGES.is_file() and FASHION_LABELS.is_file()):
         pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
-    images = read_idx(FASHION_IMAGES, 16).reshape(-1, 28, 28, 1)
-    labels = read_idx(FASHION_LABELS, 8)
+    images = read_idx(FASHION_IMAGES).reshape(-1, 28, 28, 1)
+    labels = read_idx(FASHION_LABELS)
     return images[:1700], labels[:1700]
 
 
