@@ -169,7 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("step", "cosine"),
         help="lr schedule (default step: /10 at 50%% and 75%%)",
     )
+    opt.add_argument(
+        "--warmup-epochs",
+        type=_float,
+        help="epochs of linear learning-rate warm-up, may be fractional (default 0)",
+    )
     opt.add_argument("--label-smoothing", type=_float, help="label smoothing in [0, 1)")
+    opt.add_argument(
+        "--bn-momentum",
+        type=_float,
+        help="BatchNorm moving-average momentum in [0, 1), Keras convention (default 0.9)",
+    )
+    opt.add_argument(
+        "--bn-recalibrate-steps",
+        type=_non_negative_int,
+        help="batches used to recompute BatchNorm statistics before each validation and for "
+        "the final model (PreciseBN); 0 turns it off (default 50)",
+    )
     run = train.add_argument_group("execution")
     run.add_argument(
         "--precision",
@@ -368,6 +384,9 @@ def _train(args: argparse.Namespace) -> int:
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,
         "label_smoothing": args.label_smoothing,
+        "warmup_epochs": args.warmup_epochs,
+        "bn_momentum": args.bn_momentum,
+        "bn_recalibrate_steps": args.bn_recalibrate_steps,
         "precision": args.precision,
         "jit_compile": args.jit_compile,
         "distribute": args.distribute,

@@ -41,7 +41,6 @@ import re
 import struct
 import subprocess
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -293,23 +292,6 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_npz_atomically(out_path: str, arrays: dict[str, np.ndarray]) -> None:
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; package data must be readable
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def make_sample(
     idx_dir: str | os.PathLike = IDX_DIRS["fashion_mnist"][0],
     out_path: str | os.PathLike = SAMPLE_PATH,
@@ -348,10 +330,10 @@ def make_sample(
         >>> make_sample("/usr/share/datasets/fashion-mnist", "/tmp/sample.npz")
         '/tmp/sample.npz'
     """
-    from keras_densenet.layers import _check_positive_int
+    from keras_densenet._validation import check_positive_int
 
-    _check_positive_int("train_per_class", train_per_class)
-    _check_positive_int("test_per_class", test_per_class)
+    check_positive_int("train_per_class", train_per_class)
+    check_positive_int("test_per_class", test_per_class)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
     idx_dir, out_path = os.fspath(idx_dir), os.fspath(out_path)
@@ -381,7 +363,10 @@ def make_sample(
             provenance.append(f"{os.path.basename(path)} sha256={_file_sha256(path)}")
     arrays["class_names"] = np.array(FASHION_MNIST_CLASSES)
     arrays["provenance"] = np.array("\n".join(provenance))
-    _write_npz_atomically(out_path, arrays)
+    from keras_densenet import _io
+
+    with _io.atomic_path(out_path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return out_path
 
 
@@ -407,7 +392,7 @@ def _check_args(
     channels: Any,
     validation_fraction: Any,
 ) -> tuple[str, str | None, tuple[int, int] | None]:
-    from keras_densenet.layers import _check_positive_int
+    from keras_densenet._validation import check_positive_int
 
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         raise ValueError(
@@ -416,7 +401,7 @@ def _check_args(
         )
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise ValueError(f"`data_dir` must be None or a directory path, got {data_dir!r}.")
     if (

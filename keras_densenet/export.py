@@ -53,9 +53,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_densenet import _io, rundir
 from keras_densenet.layers import DenseBlock, TransitionLayer
-from keras_densenet.training import RUN_MODELS as _RUN_MODELS
-from keras_densenet.training import load_model
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -70,7 +69,6 @@ REQUEST_FORMATS = ("instances", "inputs")
 #: Channel counts the exported graph can decode images to.
 CHANNELS = (1, 3)
 
-_SUMMARY_FILE = "summary.json"
 _PREDICT_BATCH = 64
 # TF Serving loads only all-digit directory names, so these are never served.
 _TEMP_PREFIX = ".tmp-"
@@ -103,27 +101,8 @@ def load_keras_model(path: str | os.PathLike) -> tuple[keras.Model, list[str] | 
         ValueError: If the path does not exist, is not a ``.keras`` file or a
             run directory, cannot be loaded, or has an unreadable summary.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"Model file or run directory not found: {path!r}.")
-    model = load_model(path, compile=False)
-    if os.path.isdir(path):
-        path = next(
-            os.path.join(path, n) for n in _RUN_MODELS if os.path.isfile(os.path.join(path, n))
-        )
-    return model, _read_summary_class_names(os.path.dirname(path))
-
-
-def _read_summary_class_names(directory: str) -> list[str] | None:
-    summary = os.path.join(directory, _SUMMARY_FILE)
-    if not os.path.isfile(summary):
-        return None
-    try:
-        with open(summary, encoding="utf-8") as f:
-            names = json.load(f).get("class_names")
-    except (OSError, ValueError, AttributeError) as err:
-        raise ValueError(f"Could not read class names from {summary!r}: {err}") from err
-    return None if names is None else [str(n) for n in names]
+    path = rundir.model_file(path)
+    return rundir.load_model(path, compile=False), rundir.class_names(path)
 
 
 def _resolve_model(model: Any) -> tuple[keras.Model, list[str] | None]:
@@ -513,20 +492,6 @@ def _remove_stale_scratch(model_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_tree(root: str) -> None:
-    """Flushes the export to disk so the renamed version survives a crash."""
-    for directory, _, files in os.walk(root):
-        # Best effort: some platforms cannot fsync read-only handles or
-        # directories; the rename is atomic either way.
-        for path in [os.path.join(directory, name) for name in files] + [directory]:
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-
-
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -658,7 +623,7 @@ def export_savedmodel(
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{n}\n" for n in names))
-        _fsync_tree(tmp)
+        _io.fsync_tree(tmp)
         while True:
             if os.path.exists(target):
                 if overwrite and requested is not None:
@@ -857,11 +822,11 @@ def predict(
         if os.path.isdir(path):
             savedmodel = _load_savedmodel_dir(path)
             if savedmodel is None and not any(
-                os.path.isfile(os.path.join(path, name)) for name in _RUN_MODELS
+                os.path.isfile(os.path.join(path, name)) for name in rundir.MODELS
             ):
                 raise ValueError(
                     f"Directory {path!r} is neither an exported SavedModel (version or model "
-                    f"directory) nor a training run directory with {' or '.join(_RUN_MODELS)}."
+                    f"directory) nor a training run directory with {' or '.join(rundir.MODELS)}."
                 )
     if savedmodel is not None:
         run, channels, stored_names = _savedmodel_predictor(savedmodel)
@@ -892,22 +857,6 @@ def predict(
 # ---------------------------------------------------------------------------
 # TFLite
 # ---------------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 _PASS_THROUGH = (
@@ -1105,7 +1054,7 @@ def export_tflite(
             converter.inference_output_type = tf.uint8
         data = converter.convert()
     path = os.fspath(path)
-    _atomic_write_bytes(path, data)
+    _io.write_bytes(path, data)
     return path
 
 

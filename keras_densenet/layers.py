@@ -15,25 +15,38 @@ from typing import Any
 import keras
 from keras import ops
 
-#: BatchNormalization settings of ``keras.applications.DenseNet*``.
+from keras_densenet._validation import check_float, check_positive_int, check_rate
+
+#: BatchNormalization epsilon of ``keras.applications.DenseNet*``: kept, so
+#: its published weights give identical outputs.
 BN_EPSILON = 1.001e-5
-BN_MOMENTUM = 0.99
+#: Default BatchNormalization momentum (Keras convention: the weight of the old
+#: moving average). 0.9 is PyTorch's 0.1 and the paper's Torch default; with
+#: keras.applications' 0.99 the moving statistics of a short run still describe
+#: the untrained network, so evaluation lags training badly. Momentum does not
+#: change inference, so pretrained weights load with identical outputs.
+BN_MOMENTUM = 0.9
+#: The momentum models saved before ``bn_momentum`` existed were trained with.
+LEGACY_BN_MOMENTUM = 0.99
 
 _PACKAGE = "keras_densenet"
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
+def check_bn_momentum(value: Any) -> float:
+    """Validates a BatchNormalization momentum.
 
+    Args:
+        value: The momentum, in [0, 1) (Keras convention: the weight of the
+            old moving average; PyTorch's ``momentum=0.1`` is 0.9 here).
 
-def _check_rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}.")
-    if not 0.0 <= value < 1.0 or math.isnan(value):
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
-    return float(value)
+    Returns:
+        The momentum as a float.
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is outside [0, 1).
+    """
+    return check_rate("bn_momentum", value)
 
 
 def check_compression(value: Any) -> float:
@@ -49,11 +62,7 @@ def check_compression(value: Any) -> float:
         TypeError: If it is not a number.
         ValueError: If it is outside (0, 1].
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`compression` must be a float in (0, 1], got {value!r}.")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"`compression` must be in (0, 1], got {value!r}.")
-    return float(value)
+    return check_float("compression", value, 0.0, 1.0, low_open=True)
 
 
 def compressed_channels(channels: int, compression: float) -> int:
@@ -90,10 +99,19 @@ def _shape_of_inputs(input_shape: Any) -> tuple[int | None, ...]:
     return tuple(input_shape)
 
 
-def _bn(name: str, dtype: Any) -> keras.layers.BatchNormalization:
+def _bn(name: str, layer: keras.layers.Layer) -> keras.layers.BatchNormalization:
     return keras.layers.BatchNormalization(
-        axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype
+        axis=-1,
+        epsilon=BN_EPSILON,
+        momentum=layer.bn_momentum,
+        name=name,
+        dtype=layer.dtype_policy,
     )
+
+
+def _legacy_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A layer config saved before ``bn_momentum`` existed keeps its momentum."""
+    return {"bn_momentum": LEGACY_BN_MOMENTUM, **config}
 
 
 def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> keras.layers.Conv2D:
@@ -138,6 +156,8 @@ class DenseLayer(keras.layers.Layer):
         dropout_rate: Dropout after each convolution, in [0, 1).
         memory_efficient: Recompute the concatenation and first BN-ReLU
             (-Conv1x1) in the backward pass instead of storing them.
+        bn_momentum: Momentum of the BatchNormalization moving statistics,
+            in [0, 1) (Keras convention; default 0.9, PyTorch's 0.1).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -158,29 +178,31 @@ class DenseLayer(keras.layers.Layer):
         bottleneck_width: int = 4,
         dropout_rate: float = 0.0,
         memory_efficient: bool = False,
+        bn_momentum: float = BN_MOMENTUM,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.growth_rate = _check_positive_int("growth_rate", growth_rate)
+        self.growth_rate = check_positive_int("growth_rate", growth_rate)
         self.bottleneck = bool(bottleneck)
-        self.bottleneck_width = _check_positive_int("bottleneck_width", bottleneck_width)
-        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
         self.memory_efficient = bool(memory_efficient)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
         policy = self.dtype_policy
         prefix = self.name
         if self.bottleneck:
-            self.bn1 = _bn(f"{prefix}_0_bn", policy)
+            self.bn1 = _bn(f"{prefix}_0_bn", self)
             self.conv1 = _conv(bottleneck_width * growth_rate, 1, f"{prefix}_1_conv", self)
-            self.bn2 = _bn(f"{prefix}_1_bn", policy)
+            self.bn2 = _bn(f"{prefix}_1_bn", self)
         else:
             self.bn1 = None
             self.conv1 = None
-            self.bn2 = _bn(f"{prefix}_0_bn", policy)
+            self.bn2 = _bn(f"{prefix}_0_bn", self)
         self.conv2 = _conv(growth_rate, 3, f"{prefix}_2_conv", self)
         if self.dropout_rate > 0:
             self.dropout1 = keras.layers.Dropout(self.dropout_rate, dtype=policy)
@@ -267,10 +289,15 @@ class DenseLayer(keras.layers.Layer):
             bottleneck_width=self.bottleneck_width,
             dropout_rate=self.dropout_rate,
             memory_efficient=self.memory_efficient,
+            bn_momentum=self.bn_momentum,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DenseLayer:
+        return cls(**_legacy_config(config))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -290,6 +317,8 @@ class DenseBlock(keras.layers.Layer):
         memory_efficient: Keep only the list of feature maps and recompute
             each layer's concatenation and first BN-ReLU(-Conv1x1) in the
             backward pass; memory then grows linearly with depth.
+        bn_momentum: Momentum of the BatchNormalization moving statistics,
+            in [0, 1) (Keras convention; default 0.9).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -311,17 +340,19 @@ class DenseBlock(keras.layers.Layer):
         bottleneck_width: int = 4,
         dropout_rate: float = 0.0,
         memory_efficient: bool = False,
+        bn_momentum: float = BN_MOMENTUM,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_layers = _check_positive_int("num_layers", num_layers)
-        self.growth_rate = _check_positive_int("growth_rate", growth_rate)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.growth_rate = check_positive_int("growth_rate", growth_rate)
         self.bottleneck = bool(bottleneck)
-        self.bottleneck_width = _check_positive_int("bottleneck_width", bottleneck_width)
-        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
         self.memory_efficient = bool(memory_efficient)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.dense_layers = [
@@ -331,6 +362,7 @@ class DenseBlock(keras.layers.Layer):
                 bottleneck_width=bottleneck_width,
                 dropout_rate=dropout_rate,
                 memory_efficient=memory_efficient,
+                bn_momentum=self.bn_momentum,
                 kernel_initializer=self.kernel_initializer,
                 kernel_regularizer=self.kernel_regularizer,
                 name=f"{self.name}_block{i + 1}",
@@ -371,10 +403,15 @@ class DenseBlock(keras.layers.Layer):
             bottleneck_width=self.bottleneck_width,
             dropout_rate=self.dropout_rate,
             memory_efficient=self.memory_efficient,
+            bn_momentum=self.bn_momentum,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DenseBlock:
+        return cls(**_legacy_config(config))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -389,6 +426,8 @@ class TransitionLayer(keras.layers.Layer):
     Args:
         compression: Compression factor theta in (0, 1].
         dropout_rate: Dropout after the convolution, in [0, 1).
+        bn_momentum: Momentum of the BatchNormalization moving statistics,
+            in [0, 1) (Keras convention; default 0.9).
         kernel_initializer: Initializer of the convolution kernel.
         kernel_regularizer: Optional regularizer of the convolution kernel.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -407,16 +446,18 @@ class TransitionLayer(keras.layers.Layer):
         self,
         compression: float = 0.5,
         dropout_rate: float = 0.0,
+        bn_momentum: float = BN_MOMENTUM,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.compression = check_compression(compression)
-        self.dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bn = _bn(f"{self.name}_bn", self.dtype_policy)
+        self.bn = _bn(f"{self.name}_bn", self)
         self.pool = keras.layers.AveragePooling2D(
             2, strides=2, name=f"{self.name}_pool", dtype=self.dtype_policy
         )
@@ -459,7 +500,12 @@ class TransitionLayer(keras.layers.Layer):
         config.update(
             compression=self.compression,
             dropout_rate=self.dropout_rate,
+            bn_momentum=self.bn_momentum,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TransitionLayer:
+        return cls(**_legacy_config(config))

@@ -15,13 +15,13 @@ from typing import Any
 
 import keras
 
+from keras_densenet._validation import check_positive_int, check_rate
 from keras_densenet.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
     DenseBlock,
     TransitionLayer,
-    _check_positive_int,
-    _check_rate,
+    check_bn_momentum,
     check_compression,
 )
 
@@ -247,10 +247,10 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
         config.pop("blocks", None)
     config.update(given)
 
-    config["growth_rate"] = _check_positive_int("growth_rate", config["growth_rate"])
-    config["bottleneck_width"] = _check_positive_int("bottleneck_width", config["bottleneck_width"])
+    config["growth_rate"] = check_positive_int("growth_rate", config["growth_rate"])
+    config["bottleneck_width"] = check_positive_int("bottleneck_width", config["bottleneck_width"])
     config["compression"] = check_compression(config["compression"])
-    config["dropout_rate"] = _check_rate("dropout_rate", config["dropout_rate"])
+    config["dropout_rate"] = check_rate("dropout_rate", config["dropout_rate"])
     if not isinstance(config["bottleneck"], bool):
         raise TypeError(f"`bottleneck` must be a bool, got {config['bottleneck']!r}.")
 
@@ -272,7 +272,7 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
         config["num_init_features"] = (
             64 if config["stem"] == _IMAGENET else 2 * config["growth_rate"]
         )
-    config["num_init_features"] = _check_positive_int(
+    config["num_init_features"] = check_positive_int(
         "num_init_features", config["num_init_features"]
     )
     if config["num_classes"] is None:
@@ -355,6 +355,7 @@ def build_densenet(
     stem: str | None = None,
     dropout_rate: float | None = None,
     memory_efficient: bool = False,
+    bn_momentum: float = BN_MOMENTUM,
     input_shape: tuple[int | None, int | None, int] | None = None,
     include_top: bool = True,
     pooling: str | None = None,
@@ -388,6 +389,11 @@ def build_densenet(
         dropout_rate: Dropout after each convolution, in [0, 1) (default 0).
         memory_efficient: Recompute concatenations and BN-ReLU(-Conv1x1) in
             the backward pass to save training memory.
+        bn_momentum: Momentum of every BatchNormalization's moving
+            statistics, in [0, 1) (Keras convention; default 0.9, PyTorch's
+            0.1). keras.applications uses 0.99, which after a short run
+            leaves the statistics of the untrained network; momentum does
+            not change inference, so its weights give identical outputs.
         input_shape: ``(height, width, channels)``; None dims allowed. Default
             ``(224, 224, 3)`` (ImageNet stem) or ``(32, 32, 3)`` (CIFAR stem).
         include_top: Add global average pooling and the classifier.
@@ -433,6 +439,7 @@ def build_densenet(
         num_classes=num_classes,
     )
     _check_head(include_top, pooling, config["num_classes"], classifier_activation)
+    bn_momentum = check_bn_momentum(bn_momentum)
     _check_weights(weights)
     norm = _check_normalization(normalization, config["input_shape"][-1])
 
@@ -443,13 +450,14 @@ def build_densenet(
         x = keras.layers.Normalization(
             axis=-1, mean=mean, variance=[s * s for s in std], name="normalization"
         )(x)
-    x = _stem(x, config, kernel_regularizer)
+    x = _stem(x, config, kernel_regularizer, bn_momentum)
     block_args = {
         "growth_rate": config["growth_rate"],
         "bottleneck": config["bottleneck"],
         "bottleneck_width": config["bottleneck_width"],
         "dropout_rate": config["dropout_rate"],
         "memory_efficient": memory_efficient,
+        "bn_momentum": bn_momentum,
         "kernel_regularizer": kernel_regularizer,
     }
     for i, num_layers in enumerate(config["blocks"]):
@@ -458,10 +466,11 @@ def build_densenet(
             x = TransitionLayer(
                 config["compression"],
                 dropout_rate=config["dropout_rate"],
+                bn_momentum=bn_momentum,
                 kernel_regularizer=kernel_regularizer,
                 name=f"pool{i + 2}",
             )(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="bn")(x)
     x = keras.layers.Activation("relu", name="relu")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -485,7 +494,7 @@ def build_densenet(
     return model
 
 
-def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any) -> Any:
+def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any, bn_momentum: float) -> Any:
     conv_args = {
         "use_bias": False,
         "kernel_initializer": "he_normal",
@@ -497,7 +506,7 @@ def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any) -> Any:
         return keras.layers.Conv2D(features, 3, padding="same", **conv_args)(inputs)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(features, 7, strides=2, **conv_args)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="conv1_bn")(
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="conv1_bn")(
         x
     )
     x = keras.layers.Activation("relu", name="conv1_relu")(x)

@@ -20,19 +20,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import json
 import math
 import os
 import time
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_densenet import _io, rundir
+from keras_densenet._validation import check_float, check_int
+from keras_densenet.batchnorm import (
+    DEFAULT_STEPS as DEFAULT_RECALIBRATION_STEPS,
+)
+from keras_densenet.batchnorm import (
+    BatchNormRecalibration,
+    recalibrate_batchnorm,
+)
+from keras_densenet.layers import BN_MOMENTUM, check_bn_momentum
 from keras_densenet.models import PRESETS, build_densenet, resolve_config
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -40,7 +47,7 @@ JIT_MODES = ("off", "on", "auto")
 SCHEDULES = ("step", "cosine")
 DISTRIBUTE = (None, "mirrored", "data_parallel")
 #: The models a run directory holds, in the order a loader prefers them.
-RUN_MODELS = ("best.keras", "last.keras")
+RUN_MODELS = rundir.MODELS
 #: The paper's batch size: the learning rate scales linearly from it.
 REFERENCE_BATCH = 64
 
@@ -59,6 +66,12 @@ class TrainConfig:
         depth, blocks, growth_rate, compression, bottleneck, dropout_rate:
             Architecture overrides of the preset (None keeps the preset's).
         memory_efficient: Recompute BN-ReLU-Conv1x1 in the backward pass.
+        bn_momentum: Momentum of the BatchNormalization moving statistics
+            (Keras convention, default 0.9; keras.applications uses 0.99).
+        bn_recalibrate_steps: Training batches (without augmentation) from
+            which every BN layer's statistics are recomputed before each
+            validation pass and for the final model (PreciseBN, see
+            `keras_densenet.batchnorm`); 0 turns recalibration off.
         dataset: A `keras_densenet.data.load_dataset` name or image folder.
         data_dir: Where the data lives (TFDS dir, IDX dir or folder parent).
         download: Allow TFDS to download missing data.
@@ -73,6 +86,8 @@ class TrainConfig:
         momentum: SGD momentum (Nesterov).
         weight_decay: Decoupled weight decay applied to kernels only.
         schedule: ``"step"`` (lr / 10 at 50% and 75% of training) or ``"cosine"``.
+        warmup_epochs: Epochs of linear learning-rate warm-up from 0 (may be
+            fractional); 0 for none.
         label_smoothing: Label smoothing in [0, 1).
         precision: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``.
         jit_compile: ``"off"``, ``"on"`` or ``"auto"`` (on where a GPU is
@@ -98,6 +113,8 @@ class TrainConfig:
     bottleneck: bool | None = None
     dropout_rate: float | None = None
     memory_efficient: bool = False
+    bn_momentum: float = BN_MOMENTUM
+    bn_recalibrate_steps: int = DEFAULT_RECALIBRATION_STEPS
     dataset: str = "fashion_mnist_sample"
     data_dir: str | None = None
     download: bool = False
@@ -110,6 +127,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "step"
+    warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     precision: str = "float32"
     jit_compile: str = "auto"
@@ -150,6 +168,9 @@ class TrainConfig:
         ):
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
         _check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_bn_momentum(self.bn_momentum)
+        check_int("bn_recalibrate_steps", self.bn_recalibrate_steps, 0, 1_000_000)
+        check_float("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0, high_open=True)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check_range("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
@@ -252,20 +273,19 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Args:
         filepath: The ``.keras`` file to maintain.
-        **kwargs: ``keras.callbacks.ModelCheckpoint`` arguments.
+        **kwargs: ``keras.callbacks.ModelCheckpoint`` arguments
+            (``initial_value_threshold`` carries the best value of a resumed
+            run's earlier epochs).
     """
 
     def __init__(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
         self.final_path = os.fspath(filepath)
-        directory, base = os.path.split(self.final_path)
-        super().__init__(os.path.join(directory, f".tmp-{base}"), **kwargs)
+        super().__init__(self.final_path, **kwargs)
 
     def _save_model(self, epoch: int, batch: int | None, logs: Mapping[str, Any]) -> None:
-        if not _finite(logs):
-            return
-        super()._save_model(epoch, batch, logs)
-        if os.path.exists(self.filepath):
-            os.replace(self.filepath, self.final_path)
+        # Keras decides (best-only, monitor); the write itself is atomic.
+        if _finite(logs) and self._should_save_model(epoch, batch, logs, self.final_path):
+            _io.save_model(self.model, self.final_path)
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -287,14 +307,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
     def _save_model(self) -> None:
-        os.makedirs(self.backup_dir, exist_ok=True)
-        weights_tmp = os.path.join(self.backup_dir, ".tmp-latest.weights.h5")
-        meta_tmp = f"{self._training_metadata_path}.tmp"
-        self.model.save_weights(weights_tmp, overwrite=True)
-        with open(meta_tmp, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
-        os.replace(weights_tmp, self._weights_path)
-        os.replace(meta_tmp, self._training_metadata_path)
+        _io.save_model(self.model, self._weights_path)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        _io.write_json(self._training_metadata_path, metadata)
 
 
 class ThroughputMeter(keras.callbacks.Callback):
@@ -421,33 +436,86 @@ def resolve_jit_compile(mode: str, strategy: Any = None, precision: str = "float
     return keras.backend.backend() == "jax"
 
 
-def _lr_schedule(config: TrainConfig, base_lr: float, total_steps: int) -> Any:
+@keras.saving.register_keras_serializable(package="keras_densenet")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scales another schedule up linearly over its first updates.
+
+    The factor rises from ``1 / warmup_steps`` at update 0 to 1 at update
+    ``warmup_steps`` (Goyal et al., 2017), the ramp ``CosineDecay`` uses for its
+    own ``warmup_steps``; this wraps schedules that have none, such as the
+    paper's step schedule.
+
+    Args:
+        schedule: The wrapped ``LearningRateSchedule``.
+        warmup_steps: Updates over which the rate rises, a positive int.
+    """
+
+    def __init__(self, schedule: Any, warmup_steps: int) -> None:
+        self.schedule = schedule
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 1)
+
+    def __call__(self, step: Any) -> Any:
+        step = keras.ops.cast(step, "float32")
+        start = 1.0 / self.warmup_steps
+        progress = keras.ops.minimum(step, float(self.warmup_steps)) / self.warmup_steps
+        return self.schedule(step) * (start + (1.0 - start) * progress)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinearWarmup:
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, config["warmup_steps"])
+
+
+def _lr_schedule(
+    config: TrainConfig, base_lr: float, total_steps: int, steps_per_epoch: int
+) -> Any:
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
     if config.schedule == "cosine":
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                base_lr / warmup,
+                decay_steps=max(total_steps - warmup, 1),
+                warmup_target=base_lr,
+                warmup_steps=warmup,
+            )
         return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(total_steps, 1))
     # The schedule is looked up with the number of updates already made, and a
     # step equal to a boundary still gets the earlier value: the update that
     # starts the second half (step total/2) must see lr/10, hence the -1.
     first = max(0, round(total_steps * 0.5) - 1)
     boundaries = [first, max(first + 1, round(total_steps * 0.75) - 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         boundaries, [base_lr, base_lr / 10, base_lr / 100]
     )
+    return LinearWarmup(schedule, warmup) if warmup else schedule
 
 
-def make_optimizer(config: TrainConfig, total_steps: int, global_batch: int) -> keras.Optimizer:
+def make_optimizer(
+    config: TrainConfig, total_steps: int, global_batch: int, steps_per_epoch: int | None = None
+) -> keras.Optimizer:
     """SGD with Nesterov momentum, the lr schedule and weight decay on kernels.
 
     Args:
         config: The training options.
         total_steps: Optimizer steps in the whole run (for the schedule).
         global_batch: Global batch size (for lr scaling).
+        steps_per_epoch: Optimizer steps per epoch (for ``warmup_epochs``;
+            default ``total_steps / config.epochs``).
 
     Returns:
         A Keras optimizer.
     """
     base_lr = config.learning_rate or 0.1 * global_batch / REFERENCE_BATCH
+    if steps_per_epoch is None:
+        steps_per_epoch = max(1, total_steps // config.epochs)
     optimizer = keras.optimizers.SGD(
-        learning_rate=_lr_schedule(config, base_lr, total_steps),
+        learning_rate=_lr_schedule(config, base_lr, total_steps, steps_per_epoch),
         momentum=config.momentum,
         nesterov=True,
         weight_decay=config.weight_decay or None,
@@ -466,91 +534,52 @@ def _one_hot(num_classes: int) -> Any:
     return convert
 
 
-def _trim_history(path: str, epochs_done: int) -> None:
-    """Drops CSV rows of epochs that a resumed run will train again."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
+#: Options added after runs were first written, with the value those runs used.
+_LEGACY_OPTIONS = {"bn_momentum": 0.99, "warmup_epochs": 0.0}
 
 
-def _epochs_done(backup_dir: str) -> int:
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+#: Options a resumed run may change: it may run longer or with another
+#: learning rate (e.g. lower after a NaN loss), print differently, recalibrate
+#: BN with more or fewer batches, or live in a moved directory. Anything else
+#: would silently change the experiment.
+_RESUMABLE_CHANGES = frozenset(
+    {"resume", "verbose", "epochs", "learning_rate", "bn_recalibrate_steps", "out"}
+)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Writes JSON atomically (temporary name, then rename).
+def _prepare_run_dir(config: TrainConfig) -> int | None:
+    """Checks ``out`` before any file is written; returns the epochs already done.
 
-    Args:
-        path: Destination file.
-        data: JSON-serializable data.
+    Returns None when a resumed run is already complete (nothing to do).
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def ensure_writable_dir(path: str, name: str = "out") -> None:
-    """Creates a directory if needed and checks a file can be written in it.
-
-    Args:
-        path: The directory.
-        name: The argument it came from, for the error message.
-
-    Raises:
-        ValueError: If it is not a directory, cannot be created or is not writable.
-    """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"`{name}` {path!r} is not writable: {err.strerror}.") from err
-
-
-def _prepare_run_dir(config: TrainConfig) -> None:
     out = config.out
-    has_run = os.path.isdir(out) and os.path.exists(os.path.join(out, "config.json"))
+    has_run = os.path.exists(os.path.join(out, rundir.CONFIG))
     if has_run and not config.resume:
         raise ValueError(
             f"`out` {out!r} already holds a run: pass resume=True (--resume) to continue it, "
             "or choose another directory."
         )
-    ensure_writable_dir(out)
-    if has_run and config.resume:
-        with open(os.path.join(out, "config.json")) as f:
-            previous = json.load(f)
-        # A resumed run may run longer or with another learning rate (e.g. lower
-        # after a NaN loss); anything else would silently change the experiment.
-        ignored = {"resume", "verbose", "epochs", "learning_rate"}
-        changed = {
-            k: (previous.get(k), v)
-            for k, v in config.to_dict().items()
-            if k not in ignored and previous.get(k) != v
-        }
-        if changed:
-            raise ValueError(
-                f"`resume` needs the same options as the run in {out!r}; these differ "
-                f"(was, now): {changed}."
-            )
+    if not (has_run and config.resume):
+        return 0
+    previous = {**_LEGACY_OPTIONS, **rundir.read_config(out)}
+    changed = rundir.option_changes(previous, config.to_dict(), _RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(
+            f"`resume` needs the same options as the run in {out!r}; these differ "
+            f"(was, now): {changed}."
+        )
+    done = rundir.epochs_done(out)
+    history = os.path.join(out, rundir.HISTORY)
+    if os.path.exists(history):
+        rundir.read_history(history)  # a corrupted history is named now, not after training
+    if done > config.epochs:
+        raise ValueError(
+            f"The run in {out!r} has already trained {done} epochs: `epochs` must be at least "
+            f"{done} to resume it (got {config.epochs}); nothing was changed."
+        )
+    if done == config.epochs and rundir.read_summary(out) is not None:
+        return None
+    return done
 
 
 @dataclasses.dataclass
@@ -563,6 +592,8 @@ class TrainingData:
         info: The training split's `keras_densenet.data.DatasetInfo`.
         steps_per_epoch: Optimizer steps per epoch.
         global_batch: Global batch size (per-replica batch x replicas).
+        recalibration: Shuffled training batches without augmentation, for
+            recomputing BN statistics (None when recalibration is off).
     """
 
     train: Any
@@ -570,6 +601,7 @@ class TrainingData:
     info: Any
     steps_per_epoch: int
     global_batch: int
+    recalibration: Any = None
 
 
 def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
@@ -606,13 +638,25 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
     )
     val_split = "validation" if fraction else "test"
     val_ds, _ = load_dataset(config.dataset, val_split, validation_fraction=fraction, **data_args)
+    recalibration = None
+    if config.bn_recalibrate_steps:
+        # The images the model is evaluated on are not augmented: neither are
+        # the ones its BN statistics are computed from.
+        recalibration, _ = load_dataset(
+            config.dataset,
+            "train",
+            validation_fraction=fraction,
+            augment=False,
+            shuffle=True,
+            **data_args,
+        )
     if config.label_smoothing:
         train_ds = train_ds.map(_one_hot(info.num_classes))
         val_ds = val_ds.map(_one_hot(info.num_classes))
     steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
-    return TrainingData(train_ds, val_ds, info, steps, global_batch)
+    return TrainingData(train_ds, val_ds, info, steps, global_batch, recalibration)
 
 
 def build_training_model(
@@ -638,6 +682,7 @@ def build_training_model(
         config.preset,
         **config.architecture(),
         memory_efficient=config.memory_efficient,
+        bn_momentum=config.bn_momentum,
         input_shape=info.image_shape,
         num_classes=info.num_classes,
         normalization=info.normalization,
@@ -654,7 +699,9 @@ def build_training_model(
         loss = keras.losses.SparseCategoricalCrossentropy()
         metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(
-        optimizer=make_optimizer(config, data.steps_per_epoch * config.epochs, data.global_batch),
+        optimizer=make_optimizer(
+            config, data.steps_per_epoch * config.epochs, data.global_batch, data.steps_per_epoch
+        ),
         loss=loss,
         metrics=[metric],
         jit_compile=resolve_jit_compile(config.jit_compile, strategy, config.precision),
@@ -665,16 +712,24 @@ def build_training_model(
 def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Trains a DenseNet with ``model.fit`` and writes a run directory.
 
+    The run directory is locked for the whole run (a second process using it
+    fails at once, naming the first one's process id), and every option, the
+    data and a resumed run's files are checked before anything is written.
+
     Args:
         config: A `TrainConfig` or a dict of its fields.
 
     Returns:
         The run summary (also written to ``out/summary.json``): final metrics,
-        test accuracy, parameter count, images/s, wall time, paths.
+        test accuracy before and after BN recalibration, parameter count,
+        images/s, wall time, paths. Resuming a run that is already complete
+        returns its summary, with ``"already_complete": True``, and changes
+        nothing.
 
     Raises:
-        ValueError: For bad options or data that cannot be found, before any
-            training starts.
+        ValueError: For bad options, data that cannot be found, a directory in
+            use by another process, or a run that cannot be resumed as asked,
+            before any training starts.
         TrainingError: If the loss becomes NaN/inf (the last good checkpoint
             is kept) or the batch does not fit in memory.
     """
@@ -690,13 +745,17 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
             if jax.process_index() > 0:  # one run directory per host; the chief's is `out`
                 worker_out = os.path.join(config.out, f"worker-{jax.process_index()}")
                 config = dataclasses.replace(config, out=worker_out)
-        _prepare_run_dir(config)
-        return _train(config, devices)
+        rundir.ensure_writable_dir(config.out)
+        with rundir.lock(config.out):
+            done = _prepare_run_dir(config)
+            if done is None:
+                return {**(rundir.read_summary(config.out) or {}), "already_complete": True}
+            return _train(config, devices, done)
     finally:
         keras.distribution.set_distribution(previous)
 
 
-def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
+def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
@@ -711,18 +770,19 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
     else:
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     data = load_training_data(config, replicas)
-    info, global_batch = data.info, data.global_batch
+    global_batch = data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with dtype_policy(config.precision), scope:
         model = build_training_model(config, data, strategy)
     jit = bool(model.jit_compile)
 
     out = config.out
-    backup_dir = os.path.join(out, "backup")
-    history_path = os.path.join(out, "history.csv")
-    done = _epochs_done(backup_dir) if config.resume else 0
-    _trim_history(history_path, done)
-    write_json(os.path.join(out, "config.json"), config.to_dict())
+    history_path = os.path.join(out, rundir.HISTORY)
+    best_path = os.path.join(out, rundir.BEST)
+    last_path = os.path.join(out, rundir.LAST)
+    rundir.trim_history(history_path, done)
+    kept = rundir.read_history(history_path) if os.path.exists(history_path) else {}
+    _io.write_json(os.path.join(out, rundir.CONFIG), config.to_dict())
     meter = ThroughputMeter(global_batch)
     # Order matters for a kill between callbacks: every epoch the backup has
     # seen is already in the CSV and the checkpoints (an epoch logged but not
@@ -731,16 +791,20 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(history_path, append=True),
         AtomicModelCheckpoint(
-            os.path.join(out, "best.keras"),
+            best_path,
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
+            # A resumed run's best.keras must beat its earlier epochs too.
+            initial_value_threshold=max(kept.get("val_accuracy") or [None], key=_or_minus_inf),
         ),
-        AtomicModelCheckpoint(os.path.join(out, "last.keras")),
-        AtomicBackupAndRestore(backup_dir),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs"), write_graph=False),
+        AtomicModelCheckpoint(last_path),
+        AtomicBackupAndRestore(os.path.join(out, rundir.BACKUP)),
+        keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS), write_graph=False),
         meter,
     ]
+    if config.bn_recalibrate_steps:
+        callbacks.append(BatchNormRecalibration(data.recalibration, config.bn_recalibrate_steps))
     try:
         history = model.fit(
             data.train,
@@ -760,27 +824,56 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
         raise
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
-        raise TrainingError(
-            f"The loss became NaN/inf in epoch {done + len(losses)}; training stopped. The last "
-            f"good model is {os.path.join(out, 'last.keras')} and --resume restarts from the "
-            "last good epoch; lower --learning-rate or use float32."
+        kept_model = (
+            f"The last good model is {last_path} and --resume restarts from the last good epoch"
+            if os.path.exists(last_path)
+            else "No epoch finished, so no model was saved"
         )
+        raise TrainingError(
+            f"The loss became NaN/inf in epoch {done + len(losses)}; training stopped. "
+            f"{kept_model}; lower --learning-rate or use float32."
+        )
+    return _finish_run(config, data, model, meter, started, jit, replicas)
 
-    from keras_densenet.viz import plot_history, read_history_csv
 
-    full_history = read_history_csv(history_path)
-    plot_history(full_history, os.path.join(out, "curves.png"), title=model.name)
-    best_path = os.path.join(out, "best.keras")
-    evaluation = evaluate(
-        best_path,
-        config.dataset,
-        split="test",
-        out=out,
-        data_dir=config.data_dir,
-        batch_size=global_batch,
-        image_size=config.image_size,
-        channels=config.channels,
-    )
+def _or_minus_inf(value: float | None) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def _finish_run(
+    config: TrainConfig,
+    data: TrainingData,
+    model: keras.Model,
+    meter: ThroughputMeter,
+    started: float,
+    jit: bool,
+    replicas: int,
+) -> dict[str, Any]:
+    """Recalibrates and evaluates the best model, plots, and writes the summary."""
+    from keras_densenet.viz import plot_history
+
+    out, info = config.out, data.info
+    full_history = rundir.read_history(os.path.join(out, rundir.HISTORY))
+    plot_history(full_history, os.path.join(out, rundir.CURVES), title=model.name)
+    best_path = os.path.join(out, rundir.BEST)
+    test_args = {
+        "split": "test",
+        "data_dir": config.data_dir,
+        "batch_size": data.global_batch,
+        "image_size": config.image_size,
+        "channels": config.channels,
+    }
+    # The best epoch's weights, in the compiled training model (a reload would
+    # rebuild and re-trace it).
+    model.load_weights(best_path)
+    before = None
+    if config.bn_recalibrate_steps:
+        # best.keras is what gets evaluated and exported: it ships population
+        # statistics; last.keras keeps the moving averages of the training state.
+        before = evaluate(model, config.dataset, **test_args)["accuracy"]
+        recalibrate_batchnorm(model, data.recalibration, config.bn_recalibrate_steps)
+        _io.save_model(model, best_path)
+    evaluation = evaluate(model, config.dataset, out=out, **test_args)
     summary = {
         "model": model.name,
         "params": int(model.count_params()),
@@ -795,71 +888,25 @@ def _train(config: TrainConfig, devices: int | None) -> dict[str, Any]:
         "final": {k: v[-1] for k, v in full_history.items() if k != "epoch"},
         "best_val_accuracy": max(full_history.get("val_accuracy", [float("nan")])),
         "test_accuracy": evaluation["accuracy"],
+        "test_accuracy_before_recalibration": before,
+        "bn_recalibrate_steps": config.bn_recalibrate_steps,
+        "bn_momentum": config.bn_momentum,
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "precision": config.precision,
         "optimizer": type(model.optimizer).__name__,
         "jit_compile": jit,
         "replicas": replicas,
-        "global_batch_size": global_batch,
+        "global_batch_size": data.global_batch,
         "best_model": best_path,
-        "last_model": os.path.join(out, "last.keras"),
+        "last_model": os.path.join(out, rundir.LAST),
     }
-    write_json(os.path.join(out, "summary.json"), summary)
+    _io.write_json(os.path.join(out, rundir.SUMMARY), summary)
     return summary
 
 
-def load_model(
-    path: str | os.PathLike, *, allow_unsafe: bool = False, compile: bool = True
-) -> keras.Model:
-    """Loads a ``.keras`` model in safe mode (no ``custom_objects`` needed).
-
-    Safe mode refuses files that would run arbitrary code when loaded (a
-    ``Lambda`` layer's pickled function); only ``allow_unsafe=True`` turns it
-    off, for files you trust.
-
-    Args:
-        path: A ``.keras`` file, or a run directory (its ``best.keras``, else
-            ``last.keras``).
-        allow_unsafe: Load ``Lambda`` layers and other code-carrying objects.
-        compile: Restore the training configuration (optimizer, loss) too.
-
-    Returns:
-        The model.
-
-    Raises:
-        ValueError: If the file is missing, truncated, corrupted, or needs
-            unsafe deserialization that was not allowed.
-    """
-    import keras_densenet  # noqa: F401  (registers the layers)
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        found = [os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))]
-        if not found:
-            raise ValueError(
-                f"Directory {path!r} is not a training run directory: it has none of "
-                f"{', '.join(RUN_MODELS)}."
-            )
-        path = found[0]
-    if not os.path.isfile(path):
-        raise ValueError(f"Model file not found: {path!r}.")
-    if not path.endswith(".keras"):
-        raise ValueError(f"Expected a Keras `.keras` model file, got {path!r}.")
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is not a valid .keras file (not a zip archive): truncated or corrupted."
-        )
-    try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
-    except Exception as err:
-        text = str(err)
-        if "safe_mode" in text or "unsafe" in text.lower():
-            raise ValueError(
-                f"Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would "
-                "run on load; pass allow_unsafe=True (--allow-unsafe) only for a file you trust."
-            ) from err
-        raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
+#: Kept here too: ``from keras_densenet.training import load_model`` is public.
+load_model = rundir.load_model
 
 
 def evaluate(
@@ -943,7 +990,7 @@ def evaluate(
     }
     if out is not None:
         os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "evaluation.json"), result)
+        _io.write_json(os.path.join(out, rundir.EVALUATION), result)
         plot_confusion_matrix(
             matrix,
             info.class_names,

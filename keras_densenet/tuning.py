@@ -69,6 +69,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -88,6 +89,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "Hyperparameter search needs KerasTuner: pip install 'keras-densenet[tuning]'."
     ) from err
 
+from keras_densenet import _io, rundir
+from keras_densenet._io import write_json
+from keras_densenet.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
 from keras_densenet.layers import compressed_channels
 from keras_densenet.models import resolve_config
 from keras_densenet.training import (
@@ -96,9 +100,7 @@ from keras_densenet.training import (
     _strategy,
     build_training_model,
     dtype_policy,
-    ensure_writable_dir,
     load_training_data,
-    write_json,
 )
 
 #: The tuners `tune` can run.
@@ -641,13 +643,19 @@ class DenseNetHyperModel(keras_tuner.HyperModel):
                 f"{sorted(set(kwargs) - allowed)} keyword arguments."
             )
         data = self.data
+        callbacks = [keras.callbacks.TerminateOnNaN(), *kwargs.get("callbacks", [])]
+        if self.base.bn_recalibrate_steps:
+            # Trials are scored on the BN statistics they will be used with.
+            callbacks.append(
+                BatchNormRecalibration(data.recalibration, self.base.bn_recalibrate_steps)
+            )
         return model.fit(
             data.train,
             validation_data=data.validation,
             epochs=kwargs.get("epochs", self.base.epochs),
             initial_epoch=kwargs.get("initial_epoch", 0),
             steps_per_epoch=data.steps_per_epoch if self.base.steps_per_epoch else None,
-            callbacks=[keras.callbacks.TerminateOnNaN(), *kwargs.get("callbacks", [])],
+            callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=kwargs.get("verbose", self.base.verbose),
         )
@@ -975,8 +983,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> 
     json_path = os.path.join(out, "results.json")
     write_json(json_path, list(rows))
     csv_path = os.path.join(out, "results.csv")
-    tmp = f"{csv_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with _io.atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
@@ -985,7 +992,6 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> 
             flat.update({k: arch.get(k) for k in _CSV_COLUMNS if k in arch})
             flat["blocks"] = "-".join(map(str, arch["blocks"]))
             writer.writerow({k: "" if v is None else v for k, v in flat.items()})
-    os.replace(tmp, csv_path)
     return csv_path, json_path
 
 
@@ -1085,23 +1091,12 @@ def plot_results(
     return _save(fig, path)
 
 
-def _save_model(model: keras.Model, path: str) -> None:
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # ---------------------------------------------------------------------------
 # The whole search
 
 
 def _prepare_out(out: str, record: dict[str, Any], overwrite: bool) -> None:
-    ensure_writable_dir(out)
+    rundir.ensure_writable_dir(out)
     path = os.path.join(out, "tune_config.json")
     previous = None if overwrite else _read_json(path)
     has_project = os.path.exists(os.path.join(out, PROJECT_NAME, "oracle.json"))
@@ -1209,8 +1204,44 @@ def tune(
         **hypermodel.describe(),
         "base": {k: v for k, v in hypermodel.base.to_dict().items() if k != "verbose"},
     }
-    if role != "worker":
-        _prepare_out(out, record, overwrite)
+    with contextlib.ExitStack() as stack:
+        if role != "worker":  # the chief (or a lone process) owns the directory
+            rundir.ensure_writable_dir(out)
+            stack.enter_context(rundir.lock(out, "tuning directory"))
+            _prepare_out(out, record, overwrite)
+        return _search(
+            hypermodel,
+            role,
+            started,
+            callbacks,
+            tuner=tuner,
+            max_trials=max_trials,
+            max_epochs=max_epochs,
+            factor=factor,
+            max_params=max_params,
+            out=out,
+            overwrite=overwrite,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+        )
+
+
+def _search(
+    hypermodel: DenseNetHyperModel,
+    role: str,
+    started: float,
+    callbacks: Sequence[keras.callbacks.Callback] | None,
+    *,
+    tuner: str,
+    max_trials: int,
+    max_epochs: int,
+    factor: int,
+    max_params: int | None,
+    out: str,
+    overwrite: bool,
+    max_consecutive_failed_trials: int,
+) -> dict[str, Any]:
+    """Runs the search and, on the chief, writes results, plot and the best model."""
+    base = hypermodel.base
     search = make_tuner(
         hypermodel,
         tuner,
@@ -1249,7 +1280,11 @@ def tune(
         best_config_path = os.path.join(out, "best_config.json")
         write_json(best_config_path, config.to_dict())
         best_model_path = os.path.join(out, "best.keras")
-        _save_model(search.load_model(trial), best_model_path)
+        best_model = search.load_model(trial)
+        if base.bn_recalibrate_steps:
+            data = hypermodel.data
+            recalibrate_batchnorm(best_model, data.recalibration, base.bn_recalibrate_steps)
+        _io.save_model(best_model, best_model_path)
     return {
         "role": role,
         "tuner": tuner,

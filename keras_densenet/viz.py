@@ -7,7 +7,6 @@ backend, so the functions work on machines with no screen.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,16 +29,13 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> str:
+    from keras_densenet import _io
+
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with _io.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         fig.clf()
         _pyplot().close(fig)
     return path
@@ -47,6 +43,8 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
 
 def read_history_csv(path: str | os.PathLike) -> dict[str, list[float]]:
     """Reads a ``keras.callbacks.CSVLogger`` file into ``{metric: values}``.
+
+    See `keras_densenet.rundir.read_history`, which this is.
 
     Args:
         path: The CSV file.
@@ -57,14 +55,9 @@ def read_history_csv(path: str | os.PathLike) -> dict[str, list[float]]:
     Raises:
         ValueError: If the file is missing or not a CSV history.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"History file not found: {path!r}.")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "epoch" not in rows[0]:
-        raise ValueError(f"{path!r} is not a CSVLogger history (no `epoch` column).")
-    return {key: [float(row[key]) for row in rows] for key in rows[0]}
+    from keras_densenet.rundir import read_history
+
+    return read_history(path)
 
 
 def plot_history(
@@ -270,15 +263,10 @@ def plot_model_diagram(model: Any, path: str | os.PathLike, **kwargs: Any) -> st
             "plot_model_diagram needs Graphviz's `dot` program: install Graphviz "
             "(e.g. apt-get install graphviz)."
         )
+    from keras_densenet import _io
+
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     kwargs.setdefault("show_shapes", True)
-    try:
+    with _io.atomic_path(path) as tmp:
         keras.utils.plot_model(model, to_file=tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

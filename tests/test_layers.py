@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_saved_model_round_trip
 
 from keras_densenet import DenseBlock, DenseLayer, TransitionLayer
-from keras_densenet.layers import BN_EPSILON, BN_MOMENTUM
+from keras_densenet.layers import BN_EPSILON
 
 X = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
 
@@ -29,8 +29,51 @@ def test_dense_layer_bottleneck_structure():
     for conv in ("conv2_block1_1_conv", "conv2_block1_2_conv"):
         assert subs[conv].use_bias is False
     for bn in ("conv2_block1_0_bn", "conv2_block1_1_bn"):
-        assert subs[bn].epsilon == BN_EPSILON
-        assert subs[bn].momentum == BN_MOMENTUM
+        # keras.applications' epsilon, so its weights give identical outputs;
+        # PyTorch's momentum (0.1 there, 0.9 in Keras' convention), so the
+        # moving statistics of a short run follow the trained weights.
+        assert subs[bn].epsilon == 1.001e-5
+        assert subs[bn].momentum == 0.9
+    assert BN_EPSILON == 1.001e-5
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        DenseLayer(4, bn_momentum=0.5, name="l"),
+        DenseLayer(4, bottleneck=False, bn_momentum=0.5, name="p"),
+        DenseBlock(2, 4, bn_momentum=0.5, name="b"),
+        DenseBlock(2, 4, bn_momentum=0.5, memory_efficient=True, name="e"),
+        TransitionLayer(0.5, bn_momentum=0.5, name="t"),
+    ],
+    ids=["layer", "plain_layer", "block", "efficient_block", "transition"],
+)
+def test_bn_momentum_reaches_every_batchnorm_and_the_moving_averages(layer):
+    layer.build(X.shape)
+    bns = [s for s in layer._flatten_layers() if isinstance(s, keras.layers.BatchNormalization)]
+    assert bns and all(bn.momentum == 0.5 for bn in bns)
+    assert layer.get_config()["bn_momentum"] == 0.5
+    # One training step moves the moving mean of the BN that reads the input
+    # exactly half way to the batch mean.
+    first = {
+        "l": lambda: layer.bn1,
+        "p": lambda: layer.bn2,
+        "b": lambda: layer.dense_layers[0].bn1,
+        "e": lambda: layer.dense_layers[0].bn1,
+        "t": lambda: layer.bn,
+    }[layer.name]()
+    before = keras.ops.convert_to_numpy(first.moving_mean).copy()
+    layer(X, training=True)
+    after = keras.ops.convert_to_numpy(first.moving_mean)
+    np.testing.assert_allclose(after, 0.5 * before + 0.5 * X.mean(axis=(0, 1, 2)), atol=1e-5)
+
+
+def test_config_saved_before_bn_momentum_keeps_keras_applications_momentum():
+    for layer in (DenseLayer(4), DenseBlock(2, 4), TransitionLayer(0.5)):
+        config = layer.get_config()
+        del config["bn_momentum"]  # as written by keras_densenet 0.1
+        revived = type(layer).from_config(config)
+        assert revived.bn_momentum == 0.99
 
 
 def test_dense_layer_without_bottleneck_has_one_conv():
@@ -117,10 +160,28 @@ def test_transition_layer_refuses_zero_channels():
         (lambda: TransitionLayer(0.0), "compression"),
         (lambda: TransitionLayer(1.5), "compression"),
         (lambda: TransitionLayer(0.5, dropout_rate=-0.1), "dropout_rate"),
+        (lambda: DenseLayer(4, bn_momentum=1.0), "bn_momentum"),
+        (lambda: DenseBlock(2, 4, bn_momentum=-0.1), "bn_momentum"),
+        (lambda: TransitionLayer(0.5, bn_momentum=float("nan")), "bn_momentum"),
+        (lambda: DenseLayer(2**31), "growth_rate"),
     ],
 )
 def test_bad_layer_arguments(factory, match):
     with pytest.raises(ValueError, match=match):
+        factory()
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: DenseLayer(4.0), "growth_rate"),
+        (lambda: DenseLayer(True), "growth_rate"),
+        (lambda: DenseBlock(2, 4, bn_momentum="0.9"), "bn_momentum"),
+        (lambda: TransitionLayer("half"), "compression"),
+    ],
+)
+def test_wrong_argument_types(factory, match):
+    with pytest.raises(TypeError, match=match):
         factory()
 
 

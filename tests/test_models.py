@@ -180,6 +180,8 @@ def test_in_model_normalization():
         ({"blocks": (2, 2), "classifier_activation": "nope"}, ValueError, "classifier_activation"),
         ({"blocks": (2, 2), "compression": "half"}, TypeError, "compression"),
         ({"blocks": (2, 2), "normalization": ([1.0, 2.0], [1.0])}, ValueError, "normalization"),
+        ({"blocks": (2, 2), "bn_momentum": 1.5}, ValueError, "bn_momentum"),
+        ({"blocks": (2, 2), "bn_momentum": None}, TypeError, "bn_momentum"),
     ],
 )
 def test_bad_arguments_fail_before_building(kwargs, error, match, monkeypatch):
@@ -216,3 +218,54 @@ def test_weights_argument_loads_keras_weights_file(tmp_path):
     model = build_densenet(**TINY, weights=path)
     for a, b in zip(model.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "momentum"),
+    [
+        ({"preset": "densenet121"}, 0.9),
+        ({"preset": "densenet121", "bn_momentum": 0.99}, 0.99),
+        ({"preset": "densenet_bc_100_12", "bn_momentum": 0.5}, 0.5),
+    ],
+)
+def test_bn_momentum_reaches_every_batchnorm(kwargs, momentum):
+    model = build_densenet(**kwargs)
+    bns = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    names = {bn.name for bn in bns}
+    assert "bn" in names  # the final BN
+    if kwargs["preset"] == "densenet121":
+        # two per dense layer, one per transition, the stem's and the final one
+        assert "conv1_bn" in names and len(bns) == 2 * (6 + 12 + 24 + 16) + 3 + 2
+    assert {bn.momentum for bn in bns} == {momentum}
+    assert {bn.epsilon for bn in bns} == {1.001e-5}
+
+
+def test_old_model_file_without_bn_momentum_loads(tmp_path):
+    """A .keras file written before bn_momentum existed loads with its momentum, 0.99."""
+    import json
+    import zipfile
+
+    model = build_densenet(**TINY)
+    path = tmp_path / "new.keras"
+    model.save(path)
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                text = json.dumps(json.loads(data))
+                assert '"bn_momentum": 0.9' in text
+                text = text.replace('"bn_momentum": 0.9, ', "").replace(', "bn_momentum": 0.9', "")
+                assert "bn_momentum" not in text
+                data = text.encode()
+            dst.writestr(item, data)
+    reloaded = keras.saving.load_model(old, safe_mode=True)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    block = reloaded.get_layer("conv2")
+    assert block.bn_momentum == 0.99
+    assert block.dense_layers[0].bn1.momentum == 0.99

@@ -160,6 +160,27 @@ def test_precision_and_xla_come_from_the_base_config():
 
 
 @pytest.mark.reliability("bad_input")
+def test_trials_are_scored_on_recalibrated_batchnorm_statistics():
+    """With stale moving averages (momentum 0.99) a trial's score is still its real accuracy."""
+    base = {
+        **BASE,
+        "steps_per_epoch": 40,
+        "batch_size": 32,
+        "bn_momentum": 0.99,
+        "validation_fraction": 0.1,
+    }
+    hypermodel = DenseNetHyperModel(base, fixed={"depth": 16, "growth_rate": 8})
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    history = hypermodel.fit(hp, model, epochs=1, verbose=0)
+    score, train_accuracy = history.history["val_accuracy"][-1], history.history["accuracy"][-1]
+    assert score >= train_accuracy - 0.15
+    # The moving averages themselves were left stale: without recalibration
+    # the same model scores far lower.
+    _, stale = model.evaluate(hypermodel.data.validation, verbose=0)
+    assert stale < score - 0.15
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -1,0 +1,170 @@
+"""Argument checks shared by the whole package.
+
+Every check names the argument, shows the value it got and says what is
+allowed, so a bad value fails with one clear line before any work starts.
+Wrong types raise ``TypeError``, values out of range ``ValueError`` (the
+command line turns both into exit code 2). Integers have an upper bound too:
+a count that does not fit TensorFlow's int32 would otherwise fail deep inside
+TensorFlow with a message that names no argument.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+#: The largest count any argument may hold (TensorFlow's int32 maximum).
+INT_MAX = 2**31 - 1
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, low: int = 1, high: int = INT_MAX) -> int:
+    """Checks an integer in ``[low, high]``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        low: Smallest allowed value.
+        high: Largest allowed value.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        TypeError: If it is not an int (bools are refused).
+        ValueError: If it is outside ``[low, high]``.
+    """
+    if not is_int(value):
+        raise TypeError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
+    return value
+
+
+def check_positive_int(name: str, value: Any, high: int = INT_MAX) -> int:
+    """Checks an integer in ``[1, high]``; see `check_int`."""
+    return check_int(name, value, 1, high)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Checks a finite number in a closed, open or half-open interval.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        low: Lower bound.
+        high: Upper bound.
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+
+    Returns:
+        ``value`` as a float.
+
+    Raises:
+        TypeError: If it is not a number (bools are refused).
+        ValueError: If it is NaN, infinite or outside the interval.
+    """
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if not is_number(value):
+        raise TypeError(f"`{name}` must be a number in {interval}, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number in {interval}, got {value!r}.")
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+    return value
+
+
+def check_rate(name: str, value: Any) -> float:
+    """Checks a rate in ``[0, 1)`` (dropout, label smoothing, momentum)."""
+    return check_float(name, value, 0.0, 1.0, high_open=True)
+
+
+def check_bool(name: str, value: Any, allow_none: bool = False) -> bool | None:
+    """Checks a bool (``None`` too with ``allow_none``).
+
+    Raises:
+        TypeError: For anything else, the string ``"false"`` included.
+    """
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    allowed = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Checks that ``value`` is one of ``choices``.
+
+    Raises:
+        ValueError: Listing the allowed values.
+    """
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def check_path(name: str, value: Any) -> str:
+    """Checks a non-empty path (a ``str`` or ``os.PathLike``) and returns it as str.
+
+    Raises:
+        TypeError: If it is not a string or path.
+        ValueError: If it is empty or holds a NUL character.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (a string), got {value!r}.")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise ValueError(f"`{name}` must be a non-empty path, got {value!r}.")
+    return text
+
+
+def check_int_sequence(
+    name: str, value: Any, length: int | None = None, high: int = INT_MAX
+) -> tuple[int, ...]:
+    """Checks a non-empty sequence of integers in ``[1, high]``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        length: Required length, if any.
+        high: Largest allowed entry.
+
+    Returns:
+        The entries as a tuple.
+
+    Raises:
+        TypeError: If it is not a sequence of ints.
+        ValueError: If it is empty, has the wrong length or an entry out of range.
+    """
+    what = f"{length} " if length else "a non-empty sequence of "
+    wanted = f"`{name}` must be {what}integers in [1, {high}]"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{wanted}, got {value!r}.")
+    if not value or (length is not None and len(value) != length):
+        raise ValueError(f"{wanted}, got {value!r}.")
+    if not all(is_int(v) for v in value):
+        raise TypeError(f"{wanted}, got {value!r}.")
+    if not all(1 <= v <= high for v in value):
+        raise ValueError(f"{wanted}, got {value!r}.")
+    return tuple(value)

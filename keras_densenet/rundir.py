@@ -1,0 +1,446 @@
+"""The run directory: the one module that knows its layout and reads it back.
+
+Training writes a run directory; evaluation, export, prediction, plotting and
+``--resume`` read it. They all go through here::
+
+    runs/x/
+      .lock                       # held by the process using the directory
+      config.json                 # the options of the run (TrainConfig)
+      best.keras  last.keras      # best (validation accuracy) and last model
+      backup/                     # BackupAndRestore: latest.weights.h5,
+                                  #   training_metadata.json ({"epoch": N})
+      logs/                       # TensorBoard
+      history.csv                 # one row per finished epoch (CSVLogger)
+      curves.png  confusion_matrix.png  evaluation.json
+      summary.json                # results, class names, input shape
+
+Every reader names the file it could not use and says what to do; nothing
+here writes except through `keras_densenet._io` (temporary name, then
+rename). `lock` keeps two processes out of one directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import math
+import os
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from keras_densenet import _io
+
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+HISTORY = "history.csv"
+BEST = "best.keras"
+LAST = "last.keras"
+BACKUP = "backup"
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_METADATA = "training_metadata.json"
+LOGS = "logs"
+CURVES = "curves.png"
+CONFUSION = "confusion_matrix.png"
+EVALUATION = "evaluation.json"
+LOCK = ".lock"
+#: The models a run directory holds, in the order loaders prefer them.
+MODELS = (BEST, LAST)
+
+
+class DirectoryInUseError(ValueError):
+    """Another live process holds the directory's lock."""
+
+
+@contextlib.contextmanager
+def lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[None]:
+    """Holds an exclusive lock on a directory for the block.
+
+    The lock is an ``fcntl.flock`` on ``directory/.lock``, which records the
+    holder's process id. The operating system releases it when the process
+    ends, however it ends (``kill -9`` included), so a crashed run never
+    leaves a stale lock. Where ``fcntl`` does not exist (Windows) the block
+    runs unlocked.
+
+    Args:
+        directory: The directory (created if missing).
+        what: What the directory is, for the message.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        DirectoryInUseError: If another process holds the lock; the message
+            names its process id.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise DirectoryInUseError(
+                f"The {what} {directory!r} is in use by process {holder}; wait for it to "
+                "finish, or choose another directory."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def ensure_writable_dir(path: str | os.PathLike, name: str = "out") -> str:
+    """Creates a directory if needed and checks a file can be written in it.
+
+    Args:
+        path: The directory.
+        name: The argument it came from, for the message.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: If it is not a directory, cannot be created or is not writable.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        _io.write_bytes(os.path.join(path, ".write-test"), b"")
+        os.remove(os.path.join(path, ".write-test"))
+    except OSError as err:
+        raise ValueError(f"`{name}` {path!r} is not writable: {err.strerror or err}.") from err
+    return path
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory holding a run's config or one of its models."""
+    path = os.fspath(path)
+    return os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in (CONFIG, *MODELS)
+    )
+
+
+def model_file(path: str | os.PathLike) -> str:
+    """The ``.keras`` file a path stands for: itself, or a run's best (else last) model.
+
+    Args:
+        path: A ``.keras`` file or a run directory.
+
+    Returns:
+        The model file's path.
+
+    Raises:
+        ValueError: If there is no such file, or the directory holds no model.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in MODELS:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise ValueError(
+            f"Directory {path!r} is not a training run directory: it has none of "
+            f"{', '.join(MODELS)}."
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"Model file or run directory not found: {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a Keras `.keras` model file or a run directory, got {path!r}.")
+    return path
+
+
+def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: bool = True) -> Any:
+    """Loads a ``.keras`` model in safe mode (no ``custom_objects`` needed).
+
+    Safe mode refuses files that would run arbitrary code when loaded (a
+    ``Lambda`` layer's pickled function); only ``allow_unsafe=True`` turns it
+    off, for files you trust.
+
+    Args:
+        path: A ``.keras`` file, or a run directory (its ``best.keras``, else
+            ``last.keras``).
+        allow_unsafe: Load ``Lambda`` layers and other code-carrying objects.
+        compile: Restore the training configuration (optimizer, loss) too.
+
+    Returns:
+        The ``keras.Model``.
+
+    Raises:
+        ValueError: If the file is missing, truncated, corrupted, or needs
+            unsafe deserialization that was not allowed.
+    """
+    import keras
+
+    import keras_densenet  # noqa: F401  (registers the layers)
+
+    path = model_file(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a valid .keras file (not a zip archive): truncated or corrupted."
+        )
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
+    except Exception as err:
+        text = str(err)
+        if "safe_mode" in text or "unsafe" in text.lower():
+            raise ValueError(
+                f"Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would "
+                "run on load; pass allow_unsafe=True (--allow-unsafe) only for a file you trust."
+            ) from err
+        raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The options a run was started with (its ``config.json``).
+
+    Raises:
+        ValueError: If the file is missing, corrupted or not a JSON object.
+    """
+    path = os.path.join(os.fspath(run_dir), CONFIG)
+    config = _io.read_json(path, "run config")
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"The run config {path!r} must hold a JSON object of training options, got "
+            f"{type(config).__name__}: it is corrupted; restore it or start a new run."
+        )
+    return config
+
+
+def read_summary(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A run's ``summary.json``, or None if there is none.
+
+    Raises:
+        ValueError: If it exists but is corrupted.
+    """
+    path = os.path.join(os.fspath(directory), SUMMARY)
+    if not os.path.isfile(path):
+        return None
+    summary = _io.read_json(path, "run summary")
+    if not isinstance(summary, dict):
+        raise ValueError(f"The run summary {path!r} must hold a JSON object: it is corrupted.")
+    return summary
+
+
+def class_names(path: str | os.PathLike) -> list[str] | None:
+    """The class names stored with a model: the ``summary.json`` beside it, if any.
+
+    Args:
+        path: A run directory, or a ``.keras`` file (its directory is looked at).
+
+    Returns:
+        The names, or None when there is no summary.
+
+    Raises:
+        ValueError: If the summary is corrupted or its names are not strings.
+    """
+    path = os.fspath(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    summary = read_summary(directory)
+    if summary is None or summary.get("class_names") is None:
+        return None
+    names = summary["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"`class_names` in {os.path.join(directory, SUMMARY)!r} must be a list of strings."
+        )
+    return names
+
+
+def _history_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line number, row)`` pairs; repeated headers are skipped."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"Cannot read the training history {path!r}: {err}.") from err
+    if not lines:
+        return [], []
+    header = lines[0]
+    if not header or header[0] != "epoch":
+        raise ValueError(
+            f"The training history {path!r} is not a CSVLogger file (no `epoch` column first): "
+            "it is corrupted; restore it or remove it."
+        )
+    # A row equal to the header is where an interrupted writer appended again.
+    return header, [(i + 1, row) for i, row in enumerate(lines[1:], 1) if row and row != header]
+
+
+def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Reads a ``history.csv`` (CSVLogger) into ``{column: values}``.
+
+    Tolerant of the repeated header a restarted writer leaves; when an epoch
+    appears twice, its last row counts.
+
+    Args:
+        path: The CSV file, or a run directory.
+
+    Returns:
+        Column name -> list of floats, ``epoch`` included, in epoch order.
+
+    Raises:
+        ValueError: Naming the file (and line), if it is missing or a row is
+            not numbers.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, HISTORY)
+    if not os.path.isfile(path):
+        raise ValueError(f"Training history not found: {path!r}.")
+    header, rows = _history_rows(path)
+    by_epoch: dict[int, list[float]] = {}
+    for line, row in rows:
+        try:
+            values = [float(v) if v != "" else math.nan for v in row]
+            epoch = int(values[0])
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"The training history {path!r} has a bad row at line {line + 1}: {row!r}; "
+                "remove that line."
+            ) from None
+        if len(values) != len(header) or epoch != values[0] or epoch < 0:
+            raise ValueError(
+                f"The training history {path!r} has a bad row at line {line + 1}: {row!r}; "
+                "remove that line."
+            )
+        by_epoch[epoch] = values
+    ordered = [by_epoch[e] for e in sorted(by_epoch)]
+    return {name: [row[i] for row in ordered] for i, name in enumerate(header)}
+
+
+def trim_history(path: str | os.PathLike, epochs_done: int) -> None:
+    """Keeps only the history rows of epochs a resumed run will not train again.
+
+    Also repairs a file an interrupted or concurrent writer left: repeated
+    headers go, and each epoch keeps one row.
+
+    Args:
+        path: The CSV file.
+        epochs_done: Epochs the backup holds; later rows are dropped.
+
+    Raises:
+        ValueError: If the file is corrupted beyond that.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return
+    history = read_history(path)
+    if not history:
+        return
+    header = list(history)
+    keep = [i for i, epoch in enumerate(history["epoch"]) if epoch < epochs_done]
+    lines = [header] + [[_csv_value(history[k][i], k) for k in header] for i in keep]
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    _io.write_text(path, buffer.getvalue())
+
+
+def _csv_value(value: float, column: str) -> str:
+    if column == "epoch":
+        return str(int(value))
+    return "" if math.isnan(value) else repr(value)
+
+
+def epochs_done(run_dir: str | os.PathLike) -> int:
+    """Epochs a run's backup holds (0 without a backup).
+
+    Raises:
+        ValueError: Naming the file, if the backup metadata or weights are
+            corrupted (a truncated weights file included).
+    """
+    backup = os.path.join(os.fspath(run_dir), BACKUP)
+    metadata = os.path.join(backup, BACKUP_METADATA)
+    weights = os.path.join(backup, BACKUP_WEIGHTS)
+    if not os.path.exists(metadata):
+        return 0
+    data = _io.read_json(metadata, "backup metadata")
+    epoch = data.get("epoch") if isinstance(data, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(
+            f'The backup metadata {metadata!r} must hold {{"epoch": <epochs done>}}, got '
+            f"{data!r}: it is corrupted; remove the {BACKUP}/ directory to restart the run "
+            "from scratch."
+        )
+    if epoch == 0:
+        return 0
+    check_weights_file(weights, "backup weights")
+    return epoch
+
+
+def check_weights_file(path: str, what: str) -> None:
+    """Checks that a ``.weights.h5`` file exists and is a readable HDF5 file.
+
+    Raises:
+        ValueError: Naming the file, if it is missing, truncated or corrupted.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"The {what} file {path!r} is missing: the run cannot resume from it.")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(lambda name: None)
+    except (OSError, RuntimeError, KeyError) as err:
+        raise ValueError(
+            f"The {what} file {path!r} is truncated or corrupted ({err}); remove the "
+            f"{BACKUP}/ directory to restart the run from scratch."
+        ) from err
+
+
+def option_changes(
+    previous: Mapping[str, Any], current: Mapping[str, Any], ignored: set[str] | frozenset[str]
+) -> dict[str, tuple[Any, Any]]:
+    """The options that differ between a stored run and a new request.
+
+    Args:
+        previous: The stored options.
+        current: The options now.
+        ignored: Options allowed to differ.
+
+    Returns:
+        Name -> ``(stored, now)`` for every difference.
+    """
+    names = (set(previous) | set(current)) - set(ignored)
+    return {
+        name: (previous.get(name), current.get(name))
+        for name in sorted(names)
+        if previous.get(name) != current.get(name)
+    }
+
+
+__all__ = [
+    "BEST",
+    "CONFIG",
+    "HISTORY",
+    "LAST",
+    "MODELS",
+    "SUMMARY",
+    "DirectoryInUseError",
+    "class_names",
+    "ensure_writable_dir",
+    "epochs_done",
+    "is_run_dir",
+    "load_model",
+    "lock",
+    "model_file",
+    "option_changes",
+    "read_config",
+    "read_history",
+    "read_summary",
+    "trim_history",
+]

@@ -1,0 +1,218 @@
+"""PreciseBN: recalibrate_batchnorm and the BatchNormRecalibration callback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY
+
+from keras_densenet import build_densenet
+from keras_densenet.batchnorm import (
+    BatchNormRecalibration,
+    batchnorm_layers,
+    recalibrate_batchnorm,
+)
+
+RNG = np.random.default_rng(0)
+#: 100 images whose first channel is not centred, so statistics are not trivial.
+IMAGES = RNG.normal(2.0, 3.0, size=(100, 28, 28, 1)).astype("float32")
+
+
+def _model(**kwargs):
+    keras.utils.set_random_seed(0)
+    return build_densenet(**{**TINY, "stem": "imagenet", **kwargs})
+
+
+def _stats(layer):
+    return (
+        keras.ops.convert_to_numpy(layer.moving_mean).copy(),
+        keras.ops.convert_to_numpy(layer.moving_variance).copy(),
+    )
+
+
+def test_first_batchnorm_gets_the_exact_moments_of_its_inputs():
+    model = _model()
+    # Uneven batches (30, 30, 30, 10): moments are weighted by batch size.
+    assert recalibrate_batchnorm(model, IMAGES, steps=None, batch_size=30) == 100
+    features = keras.Model(model.input, model.get_layer("conv1_conv").output)
+    conv = features.predict(IMAGES, verbose=0).reshape(-1, 8).astype(np.float64)
+    mean, variance = _stats(model.get_layer("conv1_bn"))
+    np.testing.assert_allclose(mean, conv.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variance, conv.var(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_one_batch_equals_a_training_step_with_momentum_zero():
+    model, reference = _model(), _model()
+    recalibrate_batchnorm(model, IMAGES, steps=1, batch_size=100)
+    layers = batchnorm_layers(reference)
+    for bn in layers:
+        bn.momentum = 0.0
+    reference(IMAGES, training=True)
+    for got, want in zip(batchnorm_layers(model), layers, strict=True):
+        for a, b in zip(_stats(got), _stats(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=got.name)
+        assert got.momentum == 0.9  # restored
+
+
+def test_weights_do_not_change_and_frozen_layers_are_kept():
+    model = _model()
+    frozen = model.get_layer("bn")
+    frozen.trainable = False
+    trainable_before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    frozen_before = _stats(frozen)
+    other = model.get_layer("conv1_bn")
+    other_before = _stats(other)
+    recalibrate_batchnorm(model, IMAGES, steps=2, batch_size=50)
+    for before, w in zip(trainable_before, model.trainable_weights, strict=True):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(w))
+    for a, b in zip(frozen_before, _stats(frozen), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(other_before[0], _stats(other)[0])
+    assert frozen not in batchnorm_layers(model)
+
+
+def test_steps_limits_the_batches_and_datasets_of_pairs_work():
+    import tensorflow as tf
+
+    labels = np.zeros(len(IMAGES), "int32")
+    dataset = tf.data.Dataset.from_tensor_slices((IMAGES, labels)).batch(20)
+    assert recalibrate_batchnorm(_model(), dataset, steps=3) == 60
+    assert recalibrate_batchnorm(_model(), dataset, steps=None) == 100
+
+
+def test_recalibration_repairs_statistics_left_by_a_short_run():
+    """The bug this exists for: moving averages of a short run at momentum 0.99."""
+    model = _model(bn_momentum=0.99)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    labels = (IMAGES.mean(axis=(1, 2, 3)) > 2.0).astype("int32")
+    model.fit(IMAGES, labels, epochs=2, batch_size=20, verbose=0)
+    train_mode = keras.ops.convert_to_numpy(model(IMAGES, training=True))
+    stale = keras.ops.convert_to_numpy(model(IMAGES, training=False))
+    recalibrate_batchnorm(model, IMAGES, steps=None, batch_size=100)
+    fresh = keras.ops.convert_to_numpy(model(IMAGES, training=False))
+    # Inference now computes what training computed on the same batch.
+    np.testing.assert_allclose(fresh, train_mode, atol=2e-3)
+    assert np.abs(stale - train_mode).max() > 10 * np.abs(fresh - train_mode).max()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"steps": 0}, ValueError, "steps"),
+        ({"steps": 2.5}, TypeError, "steps"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"data": IMAGES[:0]}, ValueError, "data"),
+        ({"data": "images.npy"}, TypeError, "data"),
+        ({"data": [{"image": IMAGES[:2]}]}, ValueError, "dict"),
+        ({"data": []}, ValueError, "no examples"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    model = _model()
+    before = [_stats(bn) for bn in batchnorm_layers(model)]
+    args = {"data": IMAGES, **kwargs}
+    with pytest.raises(error, match=match):
+        recalibrate_batchnorm(model, **args)
+    for old, bn in zip(before, batchnorm_layers(model), strict=True):
+        np.testing.assert_array_equal(old[0], _stats(bn)[0])
+
+
+def test_callback_scores_validation_on_recalibrated_stats_and_restores_them():
+    model = _model(bn_momentum=0.99)
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    labels = (IMAGES.mean(axis=(1, 2, 3)) > 2.0).astype("int32")
+
+    class Spy(keras.callbacks.Callback):
+        """Records the stats seen during validation and after the epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.during, self.after = [], []
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self.during.append(_stats(self.model.get_layer("bn"))[0])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.after.append(_stats(self.model.get_layer("bn"))[0])
+
+    spy = Spy()
+    recal = BatchNormRecalibration(IMAGES, steps=1)
+    model.fit(
+        IMAGES,
+        labels,
+        validation_data=(IMAGES, labels),
+        epochs=1,
+        batch_size=25,
+        verbose=0,
+        callbacks=[recal, spy],
+    )
+    expected = _model(bn_momentum=0.99)
+    expected.set_weights(model.get_weights())
+    moving_after_training = _stats(expected.get_layer("bn"))[0]
+    recalibrate_batchnorm(expected, IMAGES[:64], steps=1, batch_size=64)
+    np.testing.assert_allclose(spy.during[0], _stats(expected.get_layer("bn"))[0], rtol=1e-4)
+    # After validation the moving averages are back: checkpoints see training's state.
+    np.testing.assert_array_equal(spy.after[0], moving_after_training)
+
+
+BACKEND_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    from keras_densenet import build_densenet
+    from keras_densenet.batchnorm import batchnorm_layers, recalibrate_batchnorm
+    model = build_densenet(blocks=(2, 2), growth_rate=4, num_init_features=8, stem="imagenet",
+                           input_shape=(28, 28, 1), num_classes=10, memory_efficient=True)
+    model.load_weights(sys.argv[1])
+    images = np.load(sys.argv[2])
+    recalibrate_batchnorm(model, images, steps=None, batch_size=40)
+    stats = {bn.name: [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+                       for v in (bn.moving_mean, bn.moving_variance)]
+             for bn in batchnorm_layers(model)}
+    print("RESULT" + json.dumps({"backend": keras.backend.backend(), "stats": stats}))
+    """
+)
+
+
+def _run_backend(backend, weights, images):
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", BACKEND_SCRIPT, weights, images],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_same_statistics_on_every_backend(tmp_path, backend):
+    """Same weights, same batches: JAX and PyTorch give TensorFlow's statistics."""
+    model = _model(memory_efficient=True)
+    weights = str(tmp_path / "w.weights.h5")
+    model.save_weights(weights)
+    images = str(tmp_path / "x.npy")
+    np.save(images, IMAGES)
+    recalibrate_batchnorm(model, IMAGES, steps=None, batch_size=40)
+    got = _run_backend(backend, weights, images)
+    assert got["backend"] == backend
+    want = {bn.name: _stats(bn) for bn in batchnorm_layers(model)}
+    assert sorted(got["stats"]) == sorted(want)
+    for name, (mean, variance) in got["stats"].items():
+        np.testing.assert_allclose(mean, want[name][0], rtol=1e-3, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(variance, want[name][1], rtol=1e-3, atol=1e-4, err_msg=name)
