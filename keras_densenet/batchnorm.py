@@ -37,7 +37,7 @@ from keras_densenet._validation import check_int, check_positive_int
 
 #: Batches a recalibration uses unless told otherwise: a few thousand images,
 #: which Wu & Johnson find enough for population statistics.
-DEFAULT_STEPS = 50
+DEFAULT_STEPS = 30
 
 
 def batchnorm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bn-recalibrate-steps",
         type=_non_negative_int,
         help="batches used to recompute BatchNorm statistics before each validation and for "
-        "the final model (PreciseBN); 0 turns it off (default 50)",
+        "the final model (PreciseBN); 0 turns it off (default 30)",
     )
     run = train.add_argument_group("execution")
     run.add_argument(

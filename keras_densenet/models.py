@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from keras_densenet._validation import check_positive_int, check_rate
+from keras_densenet._validation import check_int_sequence, check_positive_int, check_rate
 from keras_densenet.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -24,6 +24,14 @@ from keras_densenet.layers import (
     check_bn_momentum,
     check_compression,
 )
+
+#: Upper bounds of the architecture arguments, far above any published
+#: DenseNet, so an absurd value fails with a message instead of exhausting memory.
+MAX_WIDTH = 4096  # growth rate, stem features
+MAX_BLOCK_LAYERS = 1000  # layers in one dense block
+MAX_BLOCKS = 16  # dense blocks
+MAX_CLASSES = 1_000_000
+MAX_INPUT_SIDE = 16_384  # pixels
 
 _IMAGENET = "imagenet"
 _CIFAR = "cifar"
@@ -138,12 +146,14 @@ def blocks_from_depth(depth: int, bottleneck: bool = True) -> tuple[int, int, in
         isinstance(depth, bool)
         or not isinstance(depth, int)
         or depth < 4 + divisor
+        or depth > 4 + divisor * MAX_BLOCK_LAYERS
         or ((depth - 4) % divisor)
     ):
         raise ValueError(
-            f"`depth` must be an int with (depth - 4) divisible by {divisor} and at least "
-            f"{4 + divisor} ({'with' if bottleneck else 'without'} bottleneck), e.g. "
-            f"{4 + 16 * divisor}; got {depth!r}."
+            f"`depth` must be an int with (depth - 4) divisible by {divisor}, from "
+            f"{4 + divisor} to {4 + divisor * MAX_BLOCK_LAYERS} "
+            f"({'with' if bottleneck else 'without'} bottleneck), e.g. {4 + 16 * divisor}; "
+            f"got {depth!r}."
         )
     n = (depth - 4) // divisor
     return (n, n, n)
@@ -180,9 +190,12 @@ def _check_input_shape(input_shape: Any, stem: str, num_blocks: int) -> tuple[in
             f"`input_shape` must be (height, width, channels) (NHWC), got {input_shape!r}."
         )
     for dim in input_shape:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        if dim is not None and (
+            isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_INPUT_SIDE
+        ):
             raise ValueError(
-                f"`input_shape` entries must be positive ints or None, got {input_shape!r}."
+                f"`input_shape` entries must be ints in [1, {MAX_INPUT_SIDE}] or None, got "
+                f"{input_shape!r}."
             )
     height, width, channels = input_shape
     if channels is None:
@@ -203,14 +216,10 @@ def _check_input_shape(input_shape: Any, stem: str, num_blocks: int) -> tuple[in
 
 
 def _check_blocks(blocks: Any) -> tuple[int, ...]:
-    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
-        raise ValueError(f"`blocks` must be a non-empty sequence of positive ints, got {blocks!r}.")
-    for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(
-                f"`blocks` must be a non-empty sequence of positive ints, got {blocks!r}."
-            )
-    return tuple(blocks)
+    blocks = check_int_sequence("blocks", blocks, high=MAX_BLOCK_LAYERS)
+    if len(blocks) > MAX_BLOCKS:
+        raise ValueError(f"`blocks` may have at most {MAX_BLOCKS} entries, got {len(blocks)}.")
+    return blocks
 
 
 def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -247,8 +256,10 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
         config.pop("blocks", None)
     config.update(given)
 
-    config["growth_rate"] = check_positive_int("growth_rate", config["growth_rate"])
-    config["bottleneck_width"] = check_positive_int("bottleneck_width", config["bottleneck_width"])
+    config["growth_rate"] = check_positive_int("growth_rate", config["growth_rate"], MAX_WIDTH)
+    config["bottleneck_width"] = check_positive_int(
+        "bottleneck_width", config["bottleneck_width"], 64
+    )
     config["compression"] = check_compression(config["compression"])
     config["dropout_rate"] = check_rate("dropout_rate", config["dropout_rate"])
     if not isinstance(config["bottleneck"], bool):
@@ -273,7 +284,7 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
             64 if config["stem"] == _IMAGENET else 2 * config["growth_rate"]
         )
     config["num_init_features"] = check_positive_int(
-        "num_init_features", config["num_init_features"]
+        "num_init_features", config["num_init_features"], MAX_WIDTH
     )
     if config["num_classes"] is None:
         config["num_classes"] = 1000 if config["stem"] == _IMAGENET else 10
@@ -293,11 +304,7 @@ def _check_head(
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
     if include_top:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"`num_classes` must be a positive int when `include_top=True`, got "
-                f"{num_classes!r}."
-            )
+        check_positive_int("num_classes", num_classes, MAX_CLASSES)
         try:
             keras.activations.get(classifier_activation)
         except (ValueError, TypeError) as err:

@@ -97,10 +97,10 @@ from keras_densenet.models import resolve_config
 from keras_densenet.training import (
     TrainConfig,
     TrainingData,
-    _strategy,
     build_training_model,
     dtype_policy,
     load_training_data,
+    make_strategy,
 )
 
 #: The tuners `tune` can run.
@@ -676,11 +676,6 @@ class DenseNetHyperModel(keras_tuner.HyperModel):
         return {"space": space, "max_params": self.max_params}
 
 
-def _replace(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A validated copy of a `TrainConfig` with some fields changed."""
-    return TrainConfig.from_dict({**config.to_dict(), **changes})
-
-
 def _check_mapping(name: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -1181,13 +1176,13 @@ def tune(
             raise ValueError(f"`base` must be a TrainConfig, a dict or None, got {base!r}.")
         base = TrainConfig.from_dict(base)
     _check_search_args(tuner, max_trials, max_epochs, factor, max_consecutive_failed_trials)
-    base = _replace(base, epochs=max_epochs, out=os.path.join(out, "best_run"), resume=False)
+    base = base.replace(epochs=max_epochs, out=os.path.join(out, "best_run"), resume=False)
     if base.distribute not in (None, "mirrored"):
         raise ValueError(
             f"`distribute` must be None or 'mirrored' for a search, got {base.distribute!r}; "
             "spread trials over machines with KerasTuner's chief/worker mode instead."
         )
-    strategy = _strategy(base)
+    strategy = make_strategy(base)
     hypermodel = DenseNetHyperModel(
         base, ranges=ranges, fixed=fixed, max_params=max_params, strategy=strategy
     )
@@ -1276,7 +1271,7 @@ def _search(
         trial = search.oracle.get_trial(best["trial_id"])
         config = hypermodel.trial_config(trial.hyperparameters.copy())
         if not config.verbose:  # a quiet search should not give a silent training run
-            config = _replace(config, verbose=TrainConfig.verbose)
+            config = config.replace(verbose=1)
         best_config_path = os.path.join(out, "best_config.json")
         write_json(best_config_path, config.to_dict())
         best_model_path = os.path.join(out, "best.keras")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_densenet.evaluation import confusion_matrix  # noqa: F401  (moved; kept importable)
+
 
 def _pyplot() -> Any:
     try:
@@ -98,24 +100,6 @@ def plot_history(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
-
-
-def confusion_matrix(
-    labels: Sequence[int], predictions: Sequence[int], num_classes: int
-) -> np.ndarray:
-    """Counts ``(true, predicted)`` pairs.
-
-    Args:
-        labels: True class indices.
-        predictions: Predicted class indices.
-        num_classes: Number of classes.
-
-    Returns:
-        An int64 array ``[num_classes, num_classes]``, rows true, columns predicted.
-    """
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predictions, int)), 1)
-    return matrix
 
 
 def plot_confusion_matrix(

@@ -45,7 +45,7 @@ def test_two_epochs_on_real_sample_beat_chance(tmp_path):
     for row in _history(out):
         assert float(row["val_accuracy"]) >= float(row["accuracy"]) - 0.15, row
     assert summary["test_accuracy"] >= summary["final"]["accuracy"] - 0.15
-    assert summary["bn_momentum"] == 0.9 and summary["bn_recalibrate_steps"] == 50
+    assert summary["bn_momentum"] == 0.9 and summary["bn_recalibrate_steps"] == 30
     assert summary["test_accuracy_before_recalibration"] > 0.4
     assert summary["epochs"] == 2
     assert summary["source"] == "sample"
@@ -83,9 +83,10 @@ def test_recalibration_repairs_a_stale_momentum_and_ships_population_stats(tmp_p
         {
             **SMALL,
             "epochs": 1,
-            "batch_size": 64,  # 43 batches: the 50 recalibration steps see every image
+            "batch_size": 64,  # 43 batches: 50 recalibration steps see every image
             "seed": 1,
             "bn_momentum": 0.99,
+            "bn_recalibrate_steps": 50,
             "out": out,
             "verbose": 0,
         }

@@ -126,7 +126,7 @@ def test_hp_fixed_and_fixed_hold_values():
         assert config.depth == 40 and config.learning_rate == 0.05
     blocks = DenseNetHyperModel(BASE, fixed={"blocks": [1, 2], "growth_rate": 4})
     config = blocks.trial_config(keras_tuner.HyperParameters())
-    assert config.blocks == [1, 2] and config.depth is None and config.preset is None
+    assert config.blocks == (1, 2) and config.depth is None and config.preset is None
 
 
 def test_ranges_shape_the_space():

@@ -1,0 +1,105 @@
+"""Callbacks of a training run that never leave a half-written or poisoned file.
+
+`AtomicModelCheckpoint` and `AtomicBackupAndRestore` are Keras's own
+``ModelCheckpoint`` and ``BackupAndRestore`` with their writes made atomic
+(`keras_densenet._io`) and NaN epochs never saved; `ThroughputMeter` measures
+images per second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_densenet import _io
+
+
+def _finite(logs: Mapping[str, Any] | None) -> bool:
+    return all(math.isfinite(float(v)) for k, v in (logs or {}).items() if "loss" in k)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes to a temporary name, then renames.
+
+    A crash while saving leaves the previous file intact, and an epoch whose
+    loss is NaN or infinite is never saved.
+
+    Args:
+        filepath: The ``.keras`` file to maintain.
+        **kwargs: ``keras.callbacks.ModelCheckpoint`` arguments
+            (``initial_value_threshold`` carries the best value of a resumed
+            run's earlier epochs).
+    """
+
+    def __init__(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
+        self.final_path = os.fspath(filepath)
+        super().__init__(self.final_path, **kwargs)
+
+    def _save_model(self, epoch: int, batch: int | None, logs: Mapping[str, Any]) -> None:
+        # Keras decides (best-only, monitor); the write itself is atomic.
+        if _finite(logs) and self._should_save_model(epoch, batch, logs, self.final_path):
+            _io.save_model(self.model, self.final_path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose files are replaced by rename, never rewritten.
+
+    The weights and the epoch counter are each written to a temporary name and
+    renamed into place (weights first), and a non-finite epoch is not backed
+    up, so a resumed run starts from the last good epoch.
+
+    Args:
+        backup_dir: Directory of the backup.
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike) -> None:
+        super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=False)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if _finite(logs):
+            super().on_epoch_end(epoch, logs)
+
+    def _save_model(self) -> None:
+        _io.save_model(self.model, self._weights_path)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        _io.write_json(self._training_metadata_path, metadata)
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Measures training images per second over each epoch.
+
+    Args:
+        batch_size: Global batch size.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.epoch_rates: list[float] = []
+        self._start = 0.0
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._start, self._steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        elapsed = time.perf_counter() - self._start
+        if self._steps and elapsed > 0:
+            self.epoch_rates.append(self._steps * self.batch_size / elapsed)
+
+    def images_per_second(self) -> float | None:
+        """Throughput of the epochs after the first (which includes tracing)."""
+        rates = self.epoch_rates[1:] or self.epoch_rates
+        return float(np.median(rates)) if rates else None
+
+
+__all__ = ["AtomicBackupAndRestore", "AtomicModelCheckpoint", "ThroughputMeter"]

@@ -1,0 +1,240 @@
+"""The training recipe: optimizer, learning-rate schedules, precision, XLA, devices.
+
+The paper's recipe (Huang et al., 2017, CIFAR): SGD with Nesterov momentum
+0.9, weight decay 1e-4 on kernels, learning rate 0.1 at batch 64 (scaled
+linearly with the global batch), divided by 10 at 50% and 75% of training;
+cosine decay and a linear warm-up as options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+
+from keras_densenet._validation import check_int
+from keras_densenet.training.config import JIT_MODES, TrainConfig
+
+#: The paper's batch size: the learning rate scales linearly from it.
+REFERENCE_BATCH = 64
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Sets the global Keras dtype policy for a block, then restores it.
+
+    Args:
+        name: A policy name, e.g. ``"mixed_bfloat16"``.
+
+    Yields:
+        Nothing.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def make_strategy(config: TrainConfig) -> Any:
+    """The ``tf.distribute`` strategy a config asks for, or None.
+
+    Args:
+        config: The training options (``distribute``).
+
+    Returns:
+        A ``tf.distribute.MirroredStrategy`` for ``distribute="mirrored"``,
+        else None.
+
+    Raises:
+        ValueError: If ``"mirrored"`` is asked for on another backend than
+            TensorFlow.
+    """
+    if config.distribute != "mirrored":
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`distribute='mirrored'` needs the TensorFlow backend (KERAS_BACKEND is "
+            f"{keras.backend.backend()!r}); use distribute='data_parallel' on JAX."
+        )
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()
+
+
+_MULTI_HOST_JOINED = False
+
+
+def data_parallel(config: TrainConfig) -> int:
+    """Sets a ``keras.distribution.DataParallel`` distribution; returns its device count.
+
+    With ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES``
+    and ``KERAS_DISTRIBUTION_PROCESS_ID`` set, the processes first join one
+    multi-host JAX runtime (``keras.distribution.initialize``).
+
+    Args:
+        config: The training options.
+
+    Returns:
+        The number of devices the batch is split over.
+
+    Raises:
+        ValueError: If the backend is not JAX.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "`distribute='data_parallel'` needs the JAX backend (KERAS_BACKEND=jax); "
+            f"the backend is {keras.backend.backend()!r}. On TensorFlow use 'mirrored'."
+        )
+    global _MULTI_HOST_JOINED
+    if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") and not _MULTI_HOST_JOINED:
+        # Must come before anything touches a JAX device, and only once per process.
+        keras.distribution.initialize()
+        _MULTI_HOST_JOINED = True
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
+
+
+def resolve_jit_compile(
+    mode: str, strategy: Any = None, precision: str = "float32", gpus: int | None = None
+) -> bool:
+    """Turns ``"off"|"on"|"auto"`` into a bool for ``model.compile``.
+
+    ``"auto"`` is on where a GPU is present and no strategy is active (on the
+    JAX backend always), and off for the known crash of XLA with
+    mixed_float16 under MirroredStrategy.
+
+    Args:
+        mode: ``"off"``, ``"on"`` or ``"auto"``.
+        strategy: The active ``tf.distribute`` strategy, if any.
+        precision: The dtype policy name.
+        gpus: The number of GPUs; None asks TensorFlow.
+
+    Returns:
+        Whether to compile with XLA.
+
+    Raises:
+        ValueError: For an unknown mode, or ``"on"`` in the known-crash setting.
+    """
+    if mode not in JIT_MODES:
+        raise ValueError(f"`jit_compile` must be one of {JIT_MODES}, got {mode!r}.")
+    if mode == "on":
+        if strategy is not None and precision == "mixed_float16":
+            raise ValueError(
+                "XLA with mixed_float16 under MirroredStrategy crashes (keras-team/keras#18666)."
+            )
+        return True
+    if mode == "off" or strategy is not None:
+        return False
+    if keras.backend.backend() != "tensorflow":
+        return keras.backend.backend() == "jax"
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    return gpus > 0
+
+
+@keras.saving.register_keras_serializable(package="keras_densenet")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scales another schedule up linearly over its first updates.
+
+    The factor rises from ``1 / warmup_steps`` at update 0 to 1 at update
+    ``warmup_steps`` (Goyal et al., 2017), the ramp ``CosineDecay`` uses for its
+    own ``warmup_steps``; this wraps schedules that have none, such as the
+    paper's step schedule.
+
+    Args:
+        schedule: The wrapped ``LearningRateSchedule``.
+        warmup_steps: Updates over which the rate rises, a positive int.
+    """
+
+    def __init__(self, schedule: Any, warmup_steps: int) -> None:
+        self.schedule = schedule
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 1)
+
+    def __call__(self, step: Any) -> Any:
+        step = keras.ops.cast(step, "float32")
+        start = 1.0 / self.warmup_steps
+        progress = keras.ops.minimum(step, float(self.warmup_steps)) / self.warmup_steps
+        return self.schedule(step) * (start + (1.0 - start) * progress)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinearWarmup:
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, config["warmup_steps"])
+
+
+def _lr_schedule(
+    config: TrainConfig, base_lr: float, total_steps: int, steps_per_epoch: int
+) -> Any:
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    if config.schedule == "cosine":
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                base_lr / warmup,
+                decay_steps=max(total_steps - warmup, 1),
+                warmup_target=base_lr,
+                warmup_steps=warmup,
+            )
+        return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(total_steps, 1))
+    # The schedule is looked up with the number of updates already made, and a
+    # step equal to a boundary still gets the earlier value: the update that
+    # starts the second half (step total/2) must see lr/10, hence the -1.
+    first = max(0, round(total_steps * 0.5) - 1)
+    boundaries = [first, max(first + 1, round(total_steps * 0.75) - 1)]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [base_lr, base_lr / 10, base_lr / 100]
+    )
+    return LinearWarmup(schedule, warmup) if warmup else schedule
+
+
+def make_optimizer(
+    config: TrainConfig, total_steps: int, global_batch: int, steps_per_epoch: int | None = None
+) -> keras.Optimizer:
+    """SGD with Nesterov momentum, the lr schedule and weight decay on kernels.
+
+    Args:
+        config: The training options.
+        total_steps: Optimizer steps in the whole run (for the schedule).
+        global_batch: Global batch size (for lr scaling).
+        steps_per_epoch: Optimizer steps per epoch (for ``warmup_epochs``;
+            default ``total_steps / config.epochs``).
+
+    Returns:
+        A Keras optimizer.
+    """
+    base_lr = config.learning_rate or 0.1 * global_batch / REFERENCE_BATCH
+    if steps_per_epoch is None:
+        steps_per_epoch = max(1, total_steps // config.epochs)
+    optimizer = keras.optimizers.SGD(
+        learning_rate=_lr_schedule(config, base_lr, total_steps, steps_per_epoch),
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay or None,
+    )
+    # The paper decays convolution and classifier kernels, not BN scales/offsets.
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+__all__ = [
+    "REFERENCE_BATCH",
+    "LinearWarmup",
+    "data_parallel",
+    "dtype_policy",
+    "make_optimizer",
+    "make_strategy",
+    "resolve_jit_compile",
+]
