@@ -210,6 +210,16 @@ class DenseLayer(keras.layers.Layer):
         else:
             self.dropout1 = self.dropout2 = None
 
+    @property
+    def input_batchnorm(self) -> keras.layers.BatchNormalization:
+        """The BatchNormalization that reads the layer's (concatenated) input."""
+        return self.bn1 if self.bottleneck else self.bn2
+
+    @property
+    def output_convolution(self) -> keras.layers.Conv2D:
+        """The 3x3 convolution that produces the ``growth_rate`` new maps."""
+        return self.conv2
+
     def build(self, input_shape: Any) -> None:
         shape = _shape_of_inputs(input_shape)
         _channels(shape, "DenseLayer")

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_densenet import DenseBlock, build_densenet, export
 from keras_densenet.data import FASHION_MNIST_CLASSES, read_idx
+from keras_densenet.export.tflite import equalize_concatenations
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_IMAGES = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
@@ -659,7 +660,7 @@ def test_equalization_keeps_the_function(
 ) -> None:
     images = fashion[0][1000:1200].astype(np.float32)
     weights = [w.copy() for w in trained.get_weights()]
-    equalized = export._equalize_concatenations(trained, images)
+    equalized = equalize_concatenations(trained, images)
     assert equalized is not trained
     for before, after in zip(weights, trained.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # the caller's model is untouched

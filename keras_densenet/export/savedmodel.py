@@ -1,0 +1,542 @@
+"""TF Serving SavedModels: signatures, numbered versions, atomic publishing.
+
+A SavedModel goes to ``<model_dir>/<version>/``, the layout TF Serving
+watches, and loads with TensorFlow alone (``tf.saved_model.load``, TF Serving,
+``saved_model_cli``): neither Keras nor this package is needed. Signatures:
+
+- ``serving_default``: ``images`` uint8 ``[N, height, width, C]`` of any
+  height and width, resized (bilinear) to the model's input size in the graph.
+- ``serving_bytes``: ``image_bytes`` string ``[N]`` of encoded JPEG, PNG, GIF
+  or BMP files, decoded to their own channels, converted to C and resized in
+  the graph; an image whose header announces more than ``max_image_pixels``
+  pixels is refused before it is decoded.
+- Both return ``probabilities`` float32 ``[N, num_classes]`` and ``classes``
+  int64 ``[N]`` (the top-1 class index), float32 even for mixed-precision
+  models.
+- ``metadata``: no inputs; returns ``class_names`` string ``[num_classes]``,
+  ``input_shape`` int64 ``[3]``, ``serving_dtype`` string and
+  ``max_image_pixels`` int64.
+
+The class names are also in ``<version>/assets.extra/class_names.txt``, one a
+line, and what was exported in ``<version>/assets.extra/export.json``, for
+tools that do not run TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_densenet import _io
+from keras_densenet import images as image_files
+from keras_densenet._validation import check_bool, check_int
+from keras_densenet.export.inputs import batch_checks, decode_for_serving, image_list, resize
+from keras_densenet.export.model import (
+    check_class_names,
+    dtype_of,
+    model_spec,
+    resolve_model,
+    with_serving_dtype,
+)
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+METADATA = "metadata"
+IMAGES_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+PROBABILITIES = "probabilities"
+CLASSES = "classes"
+CLASS_NAMES_FILE = "class_names.txt"
+EXPORT_INFO_FILE = "export.json"
+REQUEST_FORMATS = ("instances", "inputs")
+
+# TF Serving loads only all-digit directory names, so these are never served.
+_TEMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+_SCRATCH_RE = re.compile(
+    r"^\.(?P<kind>tmp|old)-(?P<version>\d+)-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)-[A-Za-z0-9_]+$"
+)
+
+
+def _serving_outputs(model: keras.Model, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+    # The classifier computes in float32 already; the cast guarantees the
+    # documented output dtype for any model.
+    probabilities = tf.cast(model(pixels, training=False), tf.float32)
+    return {
+        PROBABILITIES: probabilities,
+        CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+    }
+
+
+def build_archive(
+    model: keras.Model,
+    class_names: list[str],
+    max_image_pixels: int = image_files.MAX_PIXELS,
+) -> keras.export.ExportArchive:
+    """The ``ExportArchive`` with the three signatures (see the module docstring).
+
+    Args:
+        model: An image classifier (see `keras_densenet.export.model.model_spec`).
+        class_names: One name per class.
+        max_image_pixels: Largest ``height x width`` a request may send.
+
+    Returns:
+        The archive, ready for ``write_out``.
+    """
+    height, width, channels, _ = model_spec(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    names = tf.Variable(class_names, dtype=tf.string, trainable=False, name="class_names")
+    # A variable collection is restored by a plain tf.saved_model.load as
+    # `loaded.class_names`, and the metadata signature serves it.
+    archive.add_variable_collection("class_names", [names])
+    serving_dtype = dtype_of(model)
+
+    def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.control_dependencies(batch_checks(images, channels, max_image_pixels)):
+            pixels = resize(images, height, width)
+        return _serving_outputs(model, pixels)
+
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        shape = tf.concat([tf.shape(image_bytes), tf.zeros([2], tf.int32)], axis=0)
+        check = tf.debugging.assert_equal(
+            tf.logical_and(shape[0] > 0, tf.equal(shape[1], 0)),
+            True,
+            message="`image_bytes` must be a non-empty 1-D batch of encoded images",
+        )
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
+        pixels = tf.map_fn(
+            lambda data: decode_for_serving(data, channels, height, width, max_image_pixels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
+        )
+        return _serving_outputs(model, pixels)
+
+    def metadata() -> dict[str, tf.Tensor]:
+        return {
+            "class_names": tf.identity(names),
+            "input_shape": tf.constant([height, width, channels], tf.int64),
+            "serving_dtype": tf.constant(serving_dtype),
+            "max_image_pixels": tf.constant(max_image_pixels, tf.int64),
+        }
+
+    archive.add_endpoint(
+        SERVING_DEFAULT,
+        serve_images,
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, IMAGES_INPUT)],
+    )
+    archive.add_endpoint(
+        SERVING_BYTES,
+        serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, BYTES_INPUT)],
+    )
+    archive.add_endpoint(METADATA, metadata, input_signature=[])
+    return archive
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """The complete exported versions in a model directory, ascending.
+
+    A version counts only if its directory name is all digits (what TF Serving
+    loads) and it holds a ``saved_model.pb``.
+
+    Args:
+        model_dir: e.g. ``saved_models/<model_name>``.
+
+    Returns:
+        The version numbers; empty if the directory does not exist.
+    """
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(model_dir)
+        if name.isdigit() and os.path.isfile(os.path.join(model_dir, name, "saved_model.pb"))
+    )
+
+
+def _taken_versions(model_dir: str) -> list[int]:
+    # Every digit-named entry blocks its number, complete or not.
+    return sorted(int(name) for name in os.listdir(model_dir) if name.isdigit())
+
+
+def _check_version(version: Any) -> int | None:
+    if version is None:
+        return None
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    return check_int("version", version, 1)
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def _scratch_name(kind: str, version: int) -> str:
+    return f"{kind}{version}-{_host_tag()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would signal the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale_scratch(model_dir: str) -> None:
+    """Removes temp dirs of exports from this host whose process has died.
+
+    A killed export leaves its ``.tmp-*`` dir behind (TF Serving ignores it).
+    An ``.old-*`` dir is a replaced version kept while its replacement moved
+    in; if that version is missing, the old one is put back.
+    """
+    host = _host_tag()
+    for name in os.listdir(model_dir):
+        match = _SCRATCH_RE.match(name)
+        if not match or match["host"] != host or _pid_alive(int(match["pid"])):
+            continue
+        path = os.path.join(model_dir, name)
+        target = os.path.join(model_dir, match["version"])
+        if match["kind"] == "old" and not os.path.exists(target):
+            with contextlib.suppress(OSError):  # never delete the only copy
+                os.rename(path, target)
+            continue
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    """Removes a scratch directory, or a file left under a scratch name."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two paths with Linux ``renameat2(RENAME_EXCHANGE)``.
+
+    Returns False where that is not available, so the caller can fall back.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _replace_dir(new: str, target: str, version: int) -> None:
+    """Puts ``new`` at ``target``, replacing the existing ``target``."""
+    if _exchange(new, target):
+        _remove(new)  # `new` now holds the old version
+        return
+    # Fallback: a short window where the version is missing; a crash inside it
+    # leaves the old version under `.old-*`, restored by the next export.
+    old = os.path.join(
+        os.path.dirname(target), _scratch_name(_OLD_PREFIX, version) + uuid.uuid4().hex[:8]
+    )
+    os.rename(target, old)
+    os.rename(new, target)
+    _remove(old)
+
+
+def export_savedmodel(
+    model: keras.Model | str | os.PathLike,
+    model_dir: str | os.PathLike,
+    version: int | None = None,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    *,
+    serving_dtype: str | None = None,
+    max_image_pixels: int = image_files.MAX_PIXELS,
+    allow_unsafe: bool = False,
+) -> str:
+    """Exports an image classifier as a TF Serving SavedModel version.
+
+    The SavedModel is written to a hidden temporary directory inside
+    ``model_dir`` (TF Serving loads only all-digit names), flushed to disk, and
+    renamed to ``<model_dir>/<version>`` only when complete, so TF Serving never
+    sees a partial export. The signatures are described in the module
+    docstring: ``serving_default`` (uint8 images, any size), ``serving_bytes``
+    (encoded images) and ``metadata`` (class names, input shape, serving
+    dtype, pixel limit).
+
+    A model trained under a mixed-precision policy is exported as a float32
+    graph unless ``serving_dtype`` says otherwise (see
+    `keras_densenet.export.model.with_serving_dtype`).
+
+    Note that TF Serving does not reload a version number it has already
+    loaded: roll out a new model as a new version rather than overwriting.
+
+    Args:
+        model: A ``keras.Model`` taking raw pixels (0..255, shape
+            ``(height, width, channels)`` with 1 or 3 channels) and returning
+            class probabilities; or a ``.keras`` file or run directory (see
+            `load_keras_model`).
+        model_dir: The model's directory, e.g. ``saved_models/<model_name>``;
+            created if missing.
+        version: A positive int, or None for one more than the highest
+            existing version (1 for the first).
+        class_names: One name per class. Default: the run's ``summary.json``
+            names when ``model`` is a path, else ``"0"``, ``"1"``, ...
+        overwrite: Replace an existing version (atomically on Linux).
+        serving_dtype: ``"float32"`` (default), ``"float16"`` or
+            ``"bfloat16"``: the dtype the served graph computes in.
+        max_image_pixels: Largest ``height x width`` a request may send; an
+            encoded image announcing more is refused before decoding.
+        allow_unsafe: Load a model file that carries code (a ``Lambda`` layer).
+
+    Returns:
+        The path of the version directory.
+
+    Raises:
+        FileExistsError: If the version exists and ``overwrite`` is False.
+        ValueError: For a bad ``version``, ``class_names``, ``serving_dtype``
+            or ``max_image_pixels``, a model that is not an image classifier
+            with a fixed input size, or a bad path.
+        TypeError: If ``model`` is neither a model nor a path, or
+            ``class_names`` is not a sequence.
+        RuntimeError: If the Keras backend is not TensorFlow.
+
+    Example:
+        >>> export_savedmodel(model, "saved_models/fashion", class_names=names)
+        'saved_models/fashion/1'
+    """
+    requested = _check_version(version)
+    check_bool("overwrite", overwrite)
+    check_int("max_image_pixels", max_image_pixels, 1, 2**62)
+    model_dir = os.fspath(model_dir)
+    if requested is not None:
+        target = os.path.join(model_dir, str(requested))
+        if os.path.lexists(target) and not os.path.isdir(target):
+            raise ValueError(
+                f"{target!r} exists and is not a version directory: remove it or choose another "
+                "`version`."
+            )
+        if os.path.exists(target) and not overwrite:
+            raise FileExistsError(
+                f"Version {requested} already exists at {target!r}; pass `overwrite=True` to "
+                "replace it, or `version=None` for the next free version."
+            )
+    source, stored_names = resolve_model(model, allow_unsafe=allow_unsafe)
+    spec = model_spec(source)
+    names = check_class_names(class_names if class_names is not None else stored_names, spec[3])
+    served = with_serving_dtype(source, serving_dtype)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"`model_dir` {model_dir!r} cannot be created: {err.strerror or err}."
+        ) from err
+    if not os.access(model_dir, os.W_OK):
+        raise ValueError(f"`model_dir` {model_dir!r} is not writable.")
+    _remove_stale_scratch(model_dir)
+
+    def next_free() -> int:
+        taken = _taken_versions(model_dir)
+        return taken[-1] + 1 if taken else 1
+
+    version = requested if requested is not None else next_free()
+    target = os.path.join(model_dir, str(version))
+    info = {
+        "source": model if isinstance(model, (str, os.PathLike)) else None,
+        "model": source.name,
+        "trained_dtype": dtype_of(source),
+        "serving_dtype": dtype_of(served),
+        "input_shape": list(spec[:3]),
+        "num_classes": spec[3],
+        "max_image_pixels": max_image_pixels,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    # os.mkdir, unlike mkdtemp, honours the umask (mkdtemp's 0700 would hide
+    # the model from a TF Serving running as another user).
+    tmp = os.path.join(model_dir, _scratch_name(_TEMP_PREFIX, version) + uuid.uuid4().hex[:8])
+    os.mkdir(tmp)
+    try:
+        build_archive(served, names, max_image_pixels).write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
+            f.write("".join(f"{n}\n" for n in names))
+        with open(os.path.join(extra, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump({**info, "version": version}, f, indent=2, default=str)
+        _io.fsync_tree(tmp)
+        while True:
+            if os.path.exists(target):
+                if overwrite and requested is not None:
+                    _replace_dir(tmp, target, version)
+                    break
+                if requested is not None:
+                    raise FileExistsError(
+                        f"Version {version} appeared at {target!r} during the export."
+                    )
+                # Another export took this number meanwhile: take the next one.
+                version = next_free()
+                target = os.path.join(model_dir, str(version))
+                continue
+            try:
+                os.rename(tmp, target)
+                break
+            except OSError as err:  # lost a race for `target`
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+    except BaseException:
+        _remove(tmp)
+        raise
+    return target
+
+
+def savedmodel_dir(path: str | os.PathLike) -> str | None:
+    """The SavedModel version directory for a version or model directory, else None.
+
+    A model directory stands for its highest complete version.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = list_versions(path)
+    if versions:
+        return os.path.join(path, str(versions[-1]))
+    return None
+
+
+def tensorflow_serving_command(
+    model_dir: str | os.PathLike, model_name: str | None = None, port: int = 8501
+) -> str:
+    """A ``docker run`` command serving ``model_dir`` with TF Serving's REST API.
+
+    Args:
+        model_dir: The directory holding the numbered versions.
+        model_name: Name in the URL; default: the directory's name.
+        port: Host port for the REST API.
+
+    Returns:
+        A shell command; then POST to
+        ``http://localhost:<port>/v1/models/<model_name>:predict``.
+    """
+    source = os.path.abspath(os.fspath(model_dir))
+    name = model_name or os.path.basename(source.rstrip(os.sep))
+    return (
+        f"docker run --rm -p {int(port)}:8501 "
+        f"--mount type=bind,source={shlex.quote(source)},target=/models/{shlex.quote(name)} "
+        f"-e MODEL_NAME={shlex.quote(name)} -t tensorflow/serving"
+    )
+
+
+def serving_request_body(
+    images: Any, format: str = "instances", signature_name: str | None = None
+) -> str:
+    """Builds a TF Serving REST ``:predict`` request body.
+
+    Arrays become uint8 nested lists for ``serving_default``; ``bytes``
+    objects (encoded image files) become ``{"b64": ...}`` values for
+    ``serving_bytes``.
+
+    Args:
+        images: uint8 images of one size: an array ``(batch, height, width,
+            channels)`` or ``(height, width, channels)``, or a list of such
+            images; or a list of encoded image ``bytes``.
+        format: ``"instances"`` (row format: one entry per image) or
+            ``"inputs"`` (columnar format: one entry per input name).
+        signature_name: Default ``"serving_default"`` for pixel arrays and
+            ``"serving_bytes"`` for encoded bytes.
+
+    Returns:
+        The JSON text of the body.
+
+    Raises:
+        ValueError: For an unknown ``format``, images of different sizes, or
+            images that are not raw pixels of rank 3.
+
+    Example:
+        >>> body = serving_request_body(np.zeros((1, 28, 28, 1), np.uint8))
+        >>> json.loads(body)["signature_name"]
+        'serving_default'
+    """
+    if format not in REQUEST_FORMATS:
+        raise ValueError(f"`format` must be one of {REQUEST_FORMATS}, got {format!r}.")
+    if (
+        isinstance(images, Sequence)
+        and images
+        and all(isinstance(i, (bytes, bytearray)) for i in images)
+    ):
+        values: list[Any] = [{"b64": base64.b64encode(bytes(i)).decode("ascii")} for i in images]
+        input_name, default_signature = BYTES_INPUT, SERVING_BYTES
+    else:
+        image_list_ = image_list(images, channels=None)
+        if len({image.shape for image in image_list_}) != 1:
+            raise ValueError(
+                "A request body needs images of one size (TF Serving takes one tensor), got "
+                f"shapes {sorted({image.shape for image in image_list_})}; resize them or "
+                "send one request per size."
+            )
+        values = np.stack(image_list_).tolist()
+        input_name, default_signature = IMAGES_INPUT, SERVING_DEFAULT
+    body: dict[str, Any] = {"signature_name": signature_name or default_signature}
+    if format == "instances":
+        body["instances"] = values
+    else:
+        body["inputs"] = {input_name: values}
+    return json.dumps(body, separators=(",", ":"))
+
+
+__all__ = [
+    "BYTES_INPUT",
+    "CLASSES",
+    "CLASS_NAMES_FILE",
+    "EXPORT_INFO_FILE",
+    "IMAGES_INPUT",
+    "METADATA",
+    "PROBABILITIES",
+    "REQUEST_FORMATS",
+    "SERVING_BYTES",
+    "SERVING_DEFAULT",
+    "build_archive",
+    "export_savedmodel",
+    "list_versions",
+    "savedmodel_dir",
+    "serving_request_body",
+    "tensorflow_serving_command",
+]
