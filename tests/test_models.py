@@ -265,7 +265,9 @@ def test_old_model_file_without_bn_momentum_loads(tmp_path):
             dst.writestr(item, data)
     reloaded = keras.saving.load_model(old, safe_mode=True)
     x = np.random.default_rng(2).uniform(0, 255, (2, 28, 28, 1)).astype("float32")
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
     block = reloaded.get_layer("conv2")
     assert block.bn_momentum == 0.99
     assert block.dense_layers[0].bn1.momentum == 0.99
