@@ -13,7 +13,8 @@ import sys
 from collections.abc import Iterator
 
 
-def _is_command_line() -> bool:
+def is_command_line() -> bool:
+    """Whether this process is the ``keras-densenet`` command (or ``python -m keras_densenet``)."""
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return (
         program == "keras-densenet"
@@ -25,7 +26,7 @@ def _is_command_line() -> bool:
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Sends fd 2 to /dev/null for the block when running as the command line."""
-    if not _is_command_line():
+    if not is_command_line():
         yield
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

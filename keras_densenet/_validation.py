@@ -83,16 +83,21 @@ def check_float(
         TypeError: If it is not a number (bools are refused).
         ValueError: If it is NaN, infinite or outside the interval.
     """
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if math.isinf(low) and math.isinf(high):
+        bounds = ""
+    elif math.isinf(high):
+        bounds = f" {'>' if low_open else '>='} {low:g}"
+    elif math.isinf(low):
+        bounds = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if not is_number(value):
-        raise TypeError(f"`{name}` must be a number in {interval}, got {value!r}.")
+        raise TypeError(f"`{name}` must be a number{bounds}, got {value!r}.")
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number in {interval}, got {value!r}.")
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
-    if not (above and below):
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+    if not (math.isfinite(value) and above and below):
+        raise ValueError(f"`{name}` must be a finite number{bounds}, got {value!r}.")
     return value
 
 

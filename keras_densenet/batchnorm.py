@@ -34,10 +34,10 @@ import keras
 import numpy as np
 
 from keras_densenet._validation import check_int, check_positive_int
+from keras_densenet.presets import RECALIBRATION_STEPS
 
-#: Batches a recalibration uses unless told otherwise: a few thousand images,
-#: which Wu & Johnson find enough for population statistics.
-DEFAULT_STEPS = 30
+#: Batches a recalibration uses unless told otherwise.
+DEFAULT_STEPS = RECALIBRATION_STEPS
 
 
 def batchnorm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:

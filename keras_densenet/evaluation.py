@@ -71,6 +71,7 @@ def evaluate(
     image_size: Sequence[int] | None = None,
     channels: int | None = None,
     validation_fraction: float | None = None,
+    bad_images: str | None = None,
     allow_unsafe: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy and a confusion matrix on a split.
@@ -89,6 +90,8 @@ def evaluate(
         channels: Optional channel conversion, as in training (default: the run's).
         validation_fraction: The part of the training split held out as
             ``"validation"`` (default: the run's).
+        bad_images: Image folders: ``"error"`` or ``"skip"`` for files that are
+            not readable images (default: the run's, else ``"error"``).
         allow_unsafe: Allow a model file that carries code (see
             `keras_densenet.rundir.load_model`).
 
@@ -116,16 +119,17 @@ def evaluate(
             "image_size": image_size,
             "channels": channels,
             "validation_fraction": validation_fraction,
+            "bad_images": bad_images,
         },
     )
-    if options["dataset"] is None:
-        raise ValueError("`dataset` is required unless `model` is a training run directory.")
     if out is None and isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         out = model
     if out is not None:
         rundir.ensure_writable_dir(out, "out")
     if not isinstance(model, keras.Model):
         model = rundir.load_model(model, allow_unsafe=allow_unsafe)
+    if options["dataset"] is None:
+        raise ValueError("`dataset` is required unless `model` is a training run directory.")
     image_size = options["image_size"]
     ds, info = load_dataset(
         options["dataset"],
@@ -138,6 +142,7 @@ def evaluate(
         image_size=tuple(image_size) if image_size else None,
         channels=options["channels"],
         validation_fraction=options["validation_fraction"],
+        bad_images=options["bad_images"] or "error",
     )
     name = options["dataset"]
     if model.output_shape[-1] != info.num_classes:

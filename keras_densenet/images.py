@@ -91,22 +91,40 @@ def _jpeg_info(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _complete(data: bytes, fmt: str) -> bool:
-    """Whether the format's end marker is where it must be."""
+#: Bytes of a file's start and end read by `inspect_file`.
+_HEAD_BYTES = 256 * 1024
+_TAIL_BYTES = 1024
+
+
+def _complete(data: bytes, fmt: str, tail: bytes | None = None) -> bool:
+    """Whether the format's end marker is where it must be.
+
+    With ``tail`` (the file's last bytes, when only its start was read) the
+    end marker is looked for there.
+    """
+    if tail is not None:
+        end = tail.rstrip(b"\x00\r\n\t ")
+        return {
+            "jpeg": b"\xff\xd9" in end[-64:],
+            "png": b"IEND" in tail[-64:] and len(tail) >= tail.rfind(b"IEND") + 8,
+            "gif": end[-1:] == b";",
+        }.get(fmt, True)
     if fmt == "jpeg":
         # The end-of-image marker must follow the last start-of-scan (0xFFDA
         # cannot occur inside entropy-coded data, and an embedded thumbnail
         # ends before the main image's scans start).
         last_scan = data.rfind(b"\xff\xda")
         return last_scan > 0 and data.find(b"\xff\xd9", last_scan) > 0
-    if fmt == "png":
-        return data.rfind(b"IEND") > 8
+    if fmt == "png":  # the IEND chunk, with its 4-byte CRC
+        end = data.rfind(b"IEND")
+        return end > 8 and len(data) >= end + 8
     if fmt == "gif":
         return data.rstrip(b"\x00")[-1:] == b";"
     return True  # BMP: checked against its pixel array size in _bmp_info
 
 
-def _bmp_info(data: bytes) -> tuple[int, int, int, bool] | None:
+def _bmp_info(data: bytes, size: int | None = None) -> tuple[int, int, int, bool] | None:
+    size = len(data) if size is None else size
     if len(data) < 30:
         return None
     offset, header_size = struct.unpack("<II", data[10:18])
@@ -122,17 +140,26 @@ def _bmp_info(data: bytes) -> tuple[int, int, int, bool] | None:
     complete = True
     if compression == 0 and width > 0 and bits:
         stride = ((bits * width + 31) // 32) * 4
-        complete = offset + stride * height <= len(data)
+        complete = offset + stride * height <= size
     return width, height, channels, complete
 
 
-def inspect_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS) -> ImageInfo:
+def inspect_image(
+    data: bytes,
+    what: str = "image",
+    max_pixels: int = MAX_PIXELS,
+    *,
+    tail: bytes | None = None,
+    size: int | None = None,
+) -> ImageInfo:
     """Reads an encoded image's header and checks it, without decoding it.
 
     Args:
-        data: The file's bytes.
+        data: The file's bytes (or its first bytes, with ``tail`` and ``size``).
         what: How to name the image in messages (e.g. its path).
         max_pixels: Largest ``width x height`` accepted.
+        tail: The file's last bytes when ``data`` is only its start.
+        size: The file's size when ``data`` is only its start.
 
     Returns:
         The `ImageInfo`.
@@ -149,26 +176,26 @@ def inspect_image(data: bytes, what: str = "image", max_pixels: int = MAX_PIXELS
         raise ValueError(
             f"{what} is not a JPEG, PNG, GIF or BMP image (its first bytes are {data[:8]!r})."
         )
-    size: tuple[int, int, int] | None = None
-    complete = _complete(data, fmt)
+    dims: tuple[int, int, int] | None = None
+    complete = _complete(data, fmt, tail)
     if fmt == "jpeg":
-        size = _jpeg_info(data)
+        dims = _jpeg_info(data)
     elif fmt == "png" and len(data) >= 26 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
-        size = (width, height, _PNG_CHANNELS.get(data[25], 3))
+        dims = (width, height, _PNG_CHANNELS.get(data[25], 3))
     elif fmt == "gif" and len(data) >= 10:
         width, height = struct.unpack("<HH", data[6:10])
-        size = (width, height, 3)
+        dims = (width, height, 3)
     elif fmt == "bmp":
-        bmp = _bmp_info(data)
+        bmp = _bmp_info(data, size)
         if bmp is not None:
-            size, complete = bmp[:3], bmp[3]
-    if size is None or not complete:
+            dims, complete = bmp[:3], bmp[3]
+    if dims is None or not complete:
         raise ValueError(
-            f"{what} is a truncated or corrupted {fmt.upper()} file ({len(data)} bytes): "
-            "its header or its end is missing."
+            f"{what} is a truncated or corrupted {fmt.upper()} file "
+            f"({size if size is not None else len(data)} bytes): its header or its end is missing."
         )
-    width, height, channels = size
+    width, height, channels = dims
     if width < 1 or height < 1:
         raise ValueError(f"{what} has no pixels ({width} x {height}).")
     if width * height > max_pixels:
@@ -203,6 +230,36 @@ def read_image_file(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> by
         raise ValueError(f"Cannot read image file {path!r}: {err.strerror or err}.") from err
     inspect_image(data, f"Image file {path!r}", max_pixels)
     return data
+
+
+def inspect_file(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """`inspect_image` of a file, reading only its start and end.
+
+    Cheap enough to run over every file of an image folder before training.
+
+    Args:
+        path: The file.
+        max_pixels: Largest ``width x height`` accepted.
+
+    Returns:
+        The `ImageInfo`.
+
+    Raises:
+        ValueError: Naming the file, as `inspect_image`, or if it cannot be read.
+    """
+    path = os.fspath(path)
+    what = f"Image file {path!r}"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+            if size <= _HEAD_BYTES:
+                return inspect_image(head, what, max_pixels)
+            f.seek(size - _TAIL_BYTES)
+            tail = f.read()
+    except OSError as err:
+        raise ValueError(f"Cannot read {what}: {err.strerror or err}.") from err
+    return inspect_image(head, what, max_pixels, tail=tail, size=size)
 
 
 def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
@@ -325,12 +382,11 @@ def check_image_files(
     bad: list[tuple[str, str]] = []
     for path in paths:
         try:
-            read_image_file(path, max_pixels)
+            inspect_file(path, max_pixels)
         except ValueError as err:
             if bad_images == "error":
                 raise ValueError(
-                    f"{err} Remove or replace it, or skip such files with "
-                    "bad_images='skip' (--bad-images skip)."
+                    f"{err} Remove or replace it, or skip such files with `bad_images='skip'`."
                 ) from None
             bad.append((path, str(err)))
         else:
@@ -404,6 +460,7 @@ __all__ = [
     "decode_image",
     "header_dimensions",
     "image_format",
+    "inspect_file",
     "inspect_image",
     "load_image_files",
     "read_image_file",

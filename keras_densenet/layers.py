@@ -8,75 +8,23 @@ so that published weights map one to one onto them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 from keras import ops
 
-from keras_densenet._validation import check_float, check_positive_int, check_rate
-
-#: BatchNormalization epsilon of ``keras.applications.DenseNet*``: kept, so
-#: its published weights give identical outputs.
-BN_EPSILON = 1.001e-5
-#: Default BatchNormalization momentum (Keras convention: the weight of the old
-#: moving average). 0.9 is PyTorch's 0.1 and the paper's Torch default; with
-#: keras.applications' 0.99 the moving statistics of a short run still describe
-#: the untrained network, so evaluation lags training badly. Momentum does not
-#: change inference, so pretrained weights load with identical outputs.
-BN_MOMENTUM = 0.9
-#: The momentum models saved before ``bn_momentum`` existed were trained with.
-LEGACY_BN_MOMENTUM = 0.99
+from keras_densenet._validation import check_positive_int, check_rate
+from keras_densenet.presets import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    LEGACY_BN_MOMENTUM,
+    check_bn_momentum,
+    check_compression,
+    compressed_channels,
+)
 
 _PACKAGE = "keras_densenet"
-
-
-def check_bn_momentum(value: Any) -> float:
-    """Validates a BatchNormalization momentum.
-
-    Args:
-        value: The momentum, in [0, 1) (Keras convention: the weight of the
-            old moving average; PyTorch's ``momentum=0.1`` is 0.9 here).
-
-    Returns:
-        The momentum as a float.
-
-    Raises:
-        TypeError: If it is not a number.
-        ValueError: If it is outside [0, 1).
-    """
-    return check_rate("bn_momentum", value)
-
-
-def check_compression(value: Any) -> float:
-    """Validates a transition compression factor theta.
-
-    Args:
-        value: The compression factor.
-
-    Returns:
-        The factor as a float.
-
-    Raises:
-        TypeError: If it is not a number.
-        ValueError: If it is outside (0, 1].
-    """
-    return check_float("compression", value, 0.0, 1.0, low_open=True)
-
-
-def compressed_channels(channels: int, compression: float) -> int:
-    """Returns ``floor(channels * compression)``, robust to float rounding.
-
-    Args:
-        channels: Number of input channels of a transition.
-        compression: Compression factor theta in (0, 1].
-
-    Returns:
-        The number of output channels.
-    """
-    # 0.29 * 100 == 28.999999999999996 in floating point; the paper means 29.
-    return math.floor(channels * compression + 1e-9)
 
 
 def _channels(shape: Sequence[int | None], what: str) -> int:

@@ -185,7 +185,7 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
     """
     import keras
 
-    import keras_densenet  # noqa: F401  (registers the layers)
+    import keras_densenet.layers  # noqa: F401  (registers the layers)
 
     path = model_file(path)
     if not zipfile.is_zipfile(path):
@@ -199,7 +199,7 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
         if "safe_mode" in text or "unsafe" in text.lower():
             raise ValueError(
                 f"Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would "
-                "run on load; pass allow_unsafe=True (--allow-unsafe) only for a file you trust."
+                "run on load; pass `allow_unsafe=True` only for a file you trust."
             ) from err
         raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
 
@@ -276,7 +276,7 @@ def _history_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
             "it is corrupted; restore it or remove it."
         )
     # A row equal to the header is where an interrupted writer appended again.
-    return header, [(i + 1, row) for i, row in enumerate(lines[1:], 1) if row and row != header]
+    return header, [(i, row) for i, row in enumerate(lines[1:], 2) if row and row != header]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -308,12 +308,12 @@ def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
             epoch = int(values[0])
         except (ValueError, IndexError):
             raise ValueError(
-                f"The training history {path!r} has a bad row at line {line + 1}: {row!r}; "
+                f"The training history {path!r} has a bad row at line {line}: {row!r}; "
                 "remove that line."
             ) from None
         if len(values) != len(header) or epoch != values[0] or epoch < 0:
             raise ValueError(
-                f"The training history {path!r} has a bad row at line {line + 1}: {row!r}; "
+                f"The training history {path!r} has a bad row at line {line}: {row!r}; "
                 "remove that line."
             )
         by_epoch[epoch] = values

@@ -17,7 +17,12 @@ import numpy as np
 from keras_densenet.evaluation import confusion_matrix  # noqa: F401  (moved; kept importable)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with the non-interactive Agg backend (imported on first use).
+
+    Raises:
+        ImportError: If matplotlib is not installed, saying how to install it.
+    """
     try:
         import matplotlib
     except ImportError as err:
@@ -30,7 +35,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> str:
+def save_figure(fig: Any, path: str | os.PathLike) -> str:
+    """Writes a figure as PNG atomically, closes it, and returns ``path``."""
     from keras_densenet import _io
 
     path = os.fspath(path)
@@ -39,7 +45,7 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         fig.clf()
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
@@ -84,7 +90,7 @@ def plot_history(
         raise ValueError("`history` has no `loss` values to plot.")
     epochs = history.get("epoch") or list(range(len(history["loss"])))
     epochs = [int(e) + 1 for e in epochs]
-    plt = _pyplot()
+    plt = pyplot()
     panels = [m for m in ("loss", "accuracy") if history.get(m)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
@@ -99,7 +105,7 @@ def plot_history(
         ax.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -129,7 +135,7 @@ def plot_confusion_matrix(
         raise ValueError(
             f"`class_names` has {len(class_names)} names for a {matrix.shape[0]}-class matrix."
         )
-    plt = _pyplot()
+    plt = pyplot()
     n = matrix.shape[0]
     size = max(5.0, 0.6 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -146,7 +152,7 @@ def plot_confusion_matrix(
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour, fontsize=8)
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_title(f"{title} (accuracy {accuracy:.1%})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_feature_maps(
@@ -189,7 +195,7 @@ def plot_feature_maps(
     outputs = probe.predict(image[None], verbose=0)
     if len(layer_names) == 1:
         outputs = [outputs]
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(max_maps, 8)
     rows_per = [math.ceil(min(max_maps, out.shape[-1]) / cols) for out in outputs]
     fig, axes = plt.subplots(
@@ -213,7 +219,7 @@ def plot_feature_maps(
             ax.imshow(maps[..., first + k], cmap="viridis")
             ax.set_title(f"{name}[{first + k}]", fontsize=7)
         row += nrows
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_model_diagram(model: Any, path: str | os.PathLike, **kwargs: Any) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -80,8 +81,7 @@ def test_summary_reports_macs_within_1_percent_of_torchvision():
         (("train", "--epochs", "-1"), ("--epochs",)),
         (("train", "--batch-size", "0"), ("--batch-size",)),
         (("train", "--growth-rate", "-2"), ("--growth-rate",)),
-        (("train", "--compression", "1.5"), ("compression",)),
-        (("train", "--dropout", "1"), ("dropout_rate",)),
+        (("train", "--compression", "1.5"), ("--compression",)),
         (("train", "--depth", "41"), ("depth",)),
         (("train", "--blocks", "6,x"), ("--blocks",)),
         (("train", "--precision", "fp8"), ("--precision",)),
@@ -174,3 +174,115 @@ def test_unwritable_output_directories_exit_2(tmp_path):
         run("evaluate", model_path, "--dataset", "fashion_mnist_sample", "--out", unwritable),
         "",
     )
+
+
+# Each case is refused before TensorFlow is imported: the check runs the CLI in
+# a fresh process and reports whether TensorFlow got imported.
+FAST_FAIL = textwrap.dedent(
+    """
+    import sys
+    sys.argv[0] = "keras-densenet"  # as the installed command runs
+    from keras_densenet.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+    else:
+        code = 0
+    print("TF_IMPORTED" if "tensorflow" in sys.modules else "TF_NOT_IMPORTED")
+    sys.exit(code)
+    """
+)
+
+
+def run_fast(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-c", FAST_FAIL, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("train", "--epochs", "99999999999999999999"), ("--epochs", "100000")),
+        (("train", "--steps-per-epoch", "1e20"), ("--steps-per-epoch",)),
+        (("train", "--batch-size", "99999999999"), ("--batch-size", "65536")),
+        (("train", "--growth-rate", "99999999999"), ("--growth-rate",)),
+        (("train", "--learning-rate", "inf"), ("--learning-rate", "finite")),
+        (("train", "--learning-rate", "nan"), ("--learning-rate", "finite")),
+        (("train", "--momentum", "-inf"), ("--momentum",)),
+        (("train", "--bn-momentum", "1.5"), ("--bn-momentum", "[0, 1)")),
+        (("train", "--bn-recalibrate-steps", "-1"), ("--bn-recalibrate-steps",)),
+        (("train", "--warmup-epochs", "5", "--epochs", "2"), ("--warmup-epochs", "--epochs")),
+        (("train", "--depth", "41"), ("--depth", "divisible by 6")),
+        (("train", "--dropout", "1"), ("--dropout", "[0, 1)")),
+        (("train", "--bad-images", "maybe"), ("--bad-images",)),
+        (("summary", "--num-classes", "1e20"), ("--num-classes",)),
+        (("evaluate", "m.keras", "--batch-size", "1e20"), ("--batch-size",)),
+        (("predict", "m.keras", "--sample", "5000"), ("--sample", "1000")),
+        (("predict", "m.keras"), ("--sample",)),
+        (("export", "m", "--out", "x", "--serving-dtype", "float8"), ("--serving-dtype",)),
+        (("export", "m", "--out", "x", "--version", "0"), ("--version",)),
+        (("tune", "--fix", "growth_rate=99999999999999999999"), ("growth_rate", "4096")),
+        (("tune", "--fix", "depth=41", "--fix", "bottleneck=true"), ("depth", "divisible")),
+        (("tune", "--range", "compression=0.9,0.1"), ("compression", "low > high")),
+        (("tune", "--fix", "colour=red"), ("colour",)),
+        (("tune", "--max-trials", "0"), ("--max-trials",)),
+    ],
+)
+def test_bad_values_fail_at_once_naming_the_flag(args, needles, tmp_path):
+    proc = run_fast(*args, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "TF_NOT_IMPORTED" in proc.stdout, "an argument error imported TensorFlow first"
+    assert not os.listdir(tmp_path), "an argument error wrote files"
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ({"memory_efficient": "false"}, ("memory_efficient", "True or False", "'false'")),
+        ({"learning_rate": True}, ("learning_rate", "number")),
+        ({"image_size": 5}, ("image_size", "2 integers")),
+        ({"out": 5}, ("out", "path")),
+        ({"epochs": 3.0}, ("epochs", "integer")),
+        ({"channels": 2}, ("channels", "(1, 3)")),
+        ({"verbose": "loud"}, ("verbose",)),
+        ({"blocks": [6, "12"]}, ("blocks", "integers")),
+        ([1, 2], ("JSON object",)),
+        (b"\xff\xfe{}", ("not UTF-8",)),
+    ],
+)
+def test_config_file_fields_are_type_checked(content, needles, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    proc = run_fast("train", "--config", str(path), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_is_fast_and_complete():
+    for command in ("", "train", "evaluate", "summary", "tune", "export", "predict"):
+        proc = run_fast(*[c for c in (command, "--help") if c])
+        assert proc.returncode == 0, proc.stderr
+        assert "TF_NOT_IMPORTED" in proc.stdout
+        assert "(default: None)" not in proc.stdout
+    evaluate_help = run_fast("evaluate", "--help").stdout
+    assert "--split {train,validation,test}" in evaluate_help and "default: test" in evaluate_help
+    predict_help = run_fast("predict", "--help").stdout
+    assert "--top-k" in predict_help and "default: 3" in predict_help
+    train_help = run_fast("train", "--help").stdout
+    assert "densenet_bc_100_12 unless --depth or --blocks" in " ".join(train_help.split())

@@ -506,35 +506,37 @@ def test_download_is_stopped_after_the_timeout(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs, argument",
+    ("kwargs", "error", "argument"),
     [
-        ({"split": "dev"}, "split"),
-        ({"name": ""}, "name"),
-        ({"name": 3}, "name"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": 2.5}, "batch_size"),
-        ({"data_dir": 5}, "data_dir"),
-        ({"download": "yes"}, "download"),
-        ({"download_timeout": 0}, "download_timeout"),
-        ({"augment": "yes"}, "augment"),
-        ({"flip": 1}, "flip"),
-        ({"normalize": None}, "normalize"),
-        ({"shuffle": "no"}, "shuffle"),
-        ({"seed": -1}, "seed"),
-        ({"cache": 3}, "cache"),
-        ({"image_size": (0, 32)}, "image_size"),
-        ({"image_size": 32}, "image_size"),
-        ({"channels": 2}, "channels"),
-        ({"validation_fraction": 1.0}, "validation_fraction"),
-        ({"drop_remainder": None}, "drop_remainder"),
+        ({"split": "dev"}, ValueError, "split"),
+        ({"name": ""}, ValueError, "name"),
+        ({"name": 3}, ValueError, "name"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"data_dir": 5}, ValueError, "data_dir"),
+        ({"download": "yes"}, TypeError, "download"),
+        ({"download_timeout": 0}, ValueError, "download_timeout"),
+        ({"augment": "yes"}, TypeError, "augment"),
+        ({"flip": 1}, TypeError, "flip"),
+        ({"normalize": None}, TypeError, "normalize"),
+        ({"shuffle": "no"}, TypeError, "shuffle"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"cache": 3}, ValueError, "cache"),
+        ({"image_size": (0, 32)}, ValueError, "image_size"),
+        ({"image_size": 32}, ValueError, "image_size"),
+        ({"channels": 2}, ValueError, "channels"),
+        ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
+        ({"drop_remainder": None}, TypeError, "drop_remainder"),
     ],
 )
-def test_bad_arguments_fail_before_reading_data(kwargs, argument, monkeypatch):
+def test_bad_arguments_fail_before_reading_data(kwargs, error, argument, monkeypatch):
     def forbidden(*args, **kw):
         raise AssertionError("data was read before the arguments were checked")
 
+    from keras_densenet.data import sources
+
     for loader in ("_load_sample", "_load_tfds", "_load_idx", "_load_folder"):
-        monkeypatch.setattr(data, loader, forbidden)
+        monkeypatch.setattr(sources, loader, forbidden)
     call = {"name": SAMPLE_NAME, "split": "train", **kwargs}
-    with pytest.raises(ValueError, match=f"`{argument}`"):
+    with pytest.raises(error, match=f"`{argument}`"):
         load_dataset(call.pop("name"), call.pop("split"), **call)

@@ -17,65 +17,39 @@ Example:
     [[('Ankle boot', 0.97), ('Sneaker', 0.02), ('Sandal', 0.01)]]
 """
 
-from keras_densenet.export.model import (
-    CHANNELS,
-    SERVING_DTYPES,
-    load_keras_model,
-    with_serving_dtype,
-)
-from keras_densenet.export.predict import predict
-from keras_densenet.export.savedmodel import (
-    BYTES_INPUT,
-    CLASS_NAMES_FILE,
-    CLASSES,
-    EXPORT_INFO_FILE,
-    IMAGES_INPUT,
-    METADATA,
-    PROBABILITIES,
-    REQUEST_FORMATS,
-    SERVING_BYTES,
-    SERVING_DEFAULT,
-    export_savedmodel,
-    list_versions,
-    savedmodel_dir,
-    serving_request_body,
-    tensorflow_serving_command,
-)
-from keras_densenet.export.tflite import (
-    QUANTIZATIONS,
-    calibration_images,
-    export_tflite,
-    run_tflite,
-    tflite_interpreter,
-)
-from keras_densenet.images import MAX_PIXELS, load_image_files
+from keras_densenet._lazy import lazy_exports
 
-__all__ = [
-    "BYTES_INPUT",
-    "CHANNELS",
-    "CLASSES",
-    "CLASS_NAMES_FILE",
-    "EXPORT_INFO_FILE",
-    "IMAGES_INPUT",
-    "MAX_PIXELS",
-    "METADATA",
-    "PROBABILITIES",
-    "QUANTIZATIONS",
-    "REQUEST_FORMATS",
-    "SERVING_BYTES",
-    "SERVING_DEFAULT",
-    "SERVING_DTYPES",
-    "calibration_images",
-    "export_savedmodel",
-    "export_tflite",
-    "list_versions",
-    "load_image_files",
-    "load_keras_model",
-    "predict",
-    "run_tflite",
-    "savedmodel_dir",
-    "serving_request_body",
-    "tensorflow_serving_command",
-    "tflite_interpreter",
-    "with_serving_dtype",
-]
+# Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "BYTES_INPUT": "savedmodel",
+    "CHANNELS": "model",
+    "CLASSES": "savedmodel",
+    "CLASS_NAMES_FILE": "savedmodel",
+    "EXPORT_INFO_FILE": "savedmodel",
+    "IMAGES_INPUT": "savedmodel",
+    "MAX_PIXELS": "keras_densenet.images",
+    "METADATA": "savedmodel",
+    "PROBABILITIES": "savedmodel",
+    "QUANTIZATIONS": "model",
+    "REQUEST_FORMATS": "savedmodel",
+    "SERVING_BYTES": "savedmodel",
+    "SERVING_DEFAULT": "savedmodel",
+    "SERVING_DTYPES": "model",
+    "calibration_images": "tflite",
+    "export_savedmodel": "savedmodel",
+    "export_tflite": "tflite",
+    "list_versions": "savedmodel",
+    "load_image_files": "keras_densenet.images",
+    "load_keras_model": "model",
+    "predict": "predict",
+    "read_export_info": "savedmodel",
+    "run_tflite": "tflite",
+    "savedmodel_dir": "savedmodel",
+    "serving_request_body": "savedmodel",
+    "tensorflow_serving_command": "savedmodel",
+    "tflite_interpreter": "tflite",
+    "with_serving_dtype": "model",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

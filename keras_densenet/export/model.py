@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Iterable
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from keras_densenet import rundir
 from keras_densenet._validation import check_choice
 
+if TYPE_CHECKING:
+    import keras
+
 #: Channel counts an exported graph can decode images to.
 CHANNELS = (1, 3)
+#: TFLite quantizations: none (float32) or full-integer int8.
+QUANTIZATIONS = ("float32", "int8")
 #: Serving precisions: the dtype of the graph's arithmetic.
 SERVING_DTYPES = ("float32", "float16", "bfloat16")
 _POLICY_OF = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -61,6 +64,8 @@ def resolve_model(model: Any, allow_unsafe: bool = False) -> tuple[keras.Model, 
         TypeError: If ``model`` is neither a ``keras.Model`` nor a path.
         ValueError: As `load_keras_model`.
     """
+    import keras
+
     if isinstance(model, keras.Model):
         return model, None
     if isinstance(model, (str, os.PathLike)):
@@ -78,6 +83,8 @@ def model_spec(model: keras.Model) -> tuple[int, int, int, int]:
         ValueError: If the model is not a one-input, one-output image
             classifier with a fixed input size and 1 or 3 channels.
     """
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
             f"Exporting needs the TensorFlow backend (KERAS_BACKEND=tensorflow), not "
@@ -187,7 +194,9 @@ def with_serving_dtype(model: keras.Model, serving_dtype: str | None = None) -> 
     serving_dtype = check_choice("serving_dtype", serving_dtype or "float32", SERVING_DTYPES)
     if dtype_of(model) == serving_dtype:
         return model
-    import keras_densenet  # noqa: F401  (registers the layers for from_config)
+    import keras
+
+    import keras_densenet.layers  # noqa: F401  (registers the layers for from_config)
 
     policy = keras.mixed_precision.DTypePolicy(_POLICY_OF[serving_dtype])
     config = _set_policies(model.get_config(), keras.saving.serialize_keras_object(policy))
@@ -203,6 +212,7 @@ def with_serving_dtype(model: keras.Model, serving_dtype: str | None = None) -> 
 
 __all__ = [
     "CHANNELS",
+    "QUANTIZATIONS",
     "SERVING_DTYPES",
     "check_class_names",
     "dtype_of",

@@ -428,6 +428,24 @@ def export_savedmodel(
     return target
 
 
+def read_export_info(version_dir: str | os.PathLike) -> dict[str, Any]:
+    """What `export_savedmodel` recorded in ``assets.extra/export.json``.
+
+    Args:
+        version_dir: An exported version directory.
+
+    Returns:
+        ``{"serving_dtype", "trained_dtype", "input_shape", "num_classes",
+        "max_image_pixels", "version", ...}``.
+
+    Raises:
+        ValueError: If the file is missing or corrupted.
+    """
+    return _io.read_json(
+        os.path.join(os.fspath(version_dir), "assets.extra", EXPORT_INFO_FILE), "export record"
+    )
+
+
 def savedmodel_dir(path: str | os.PathLike) -> str | None:
     """The SavedModel version directory for a version or model directory, else None.
 
@@ -536,6 +554,7 @@ __all__ = [
     "build_archive",
     "export_savedmodel",
     "list_versions",
+    "read_export_info",
     "savedmodel_dir",
     "serving_request_body",
     "tensorflow_serving_command",

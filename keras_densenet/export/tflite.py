@@ -22,11 +22,14 @@ import tensorflow as tf
 from keras_densenet import _io, rundir
 from keras_densenet._validation import check_choice, check_positive_int
 from keras_densenet.export.inputs import PREDICT_BATCH, image_list, resize
-from keras_densenet.export.model import model_spec, resolve_model, with_serving_dtype
+from keras_densenet.export.model import (
+    QUANTIZATIONS,
+    model_spec,
+    resolve_model,
+    with_serving_dtype,
+)
 from keras_densenet.export.savedmodel import IMAGES_INPUT, PROBABILITIES
 from keras_densenet.layers import DenseBlock, TransitionLayer
-
-QUANTIZATIONS = ("float32", "int8")
 
 
 @contextlib.contextmanager

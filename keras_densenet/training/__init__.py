@@ -15,62 +15,35 @@ Example:
     >>> summary["test_accuracy"]
 """
 
-from keras_densenet.evaluation import evaluate
-from keras_densenet.models import PRESETS
-from keras_densenet.rundir import MODELS as RUN_MODELS
-from keras_densenet.rundir import load_model
-from keras_densenet.training.callbacks import (
-    AtomicBackupAndRestore,
-    AtomicModelCheckpoint,
-    ThroughputMeter,
-)
-from keras_densenet.training.config import (
-    DISTRIBUTE,
-    JIT_MODES,
-    OPTIONS,
-    PRECISIONS,
-    SCHEDULES,
-    TrainConfig,
-)
-from keras_densenet.training.loop import (
-    TrainingData,
-    TrainingError,
-    build_training_model,
-    load_training_data,
-    train,
-)
-from keras_densenet.training.recipe import (
-    REFERENCE_BATCH,
-    LinearWarmup,
-    dtype_policy,
-    make_optimizer,
-    make_strategy,
-    resolve_jit_compile,
-)
+from keras_densenet._lazy import lazy_exports
 
-__all__ = [
-    "DISTRIBUTE",
-    "JIT_MODES",
-    "OPTIONS",
-    "PRECISIONS",
-    "PRESETS",
-    "REFERENCE_BATCH",
-    "RUN_MODELS",
-    "SCHEDULES",
-    "AtomicBackupAndRestore",
-    "AtomicModelCheckpoint",
-    "LinearWarmup",
-    "ThroughputMeter",
-    "TrainConfig",
-    "TrainingData",
-    "TrainingError",
-    "build_training_model",
-    "dtype_policy",
-    "evaluate",
-    "load_model",
-    "load_training_data",
-    "make_optimizer",
-    "make_strategy",
-    "resolve_jit_compile",
-    "train",
-]
+# Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "AtomicBackupAndRestore": "callbacks",
+    "AtomicModelCheckpoint": "callbacks",
+    "DISTRIBUTE": "config",
+    "JIT_MODES": "config",
+    "LinearWarmup": "recipe",
+    "RUN_MODELS": "keras_densenet.rundir:MODELS",
+    "OPTIONS": "config",
+    "PRECISIONS": "config",
+    "PRESETS": "keras_densenet.models",
+    "REFERENCE_BATCH": "recipe",
+    "SCHEDULES": "config",
+    "ThroughputMeter": "callbacks",
+    "TrainConfig": "config",
+    "TrainingData": "loop",
+    "TrainingError": "loop",
+    "build_training_model": "loop",
+    "dtype_policy": "recipe",
+    "evaluate": "keras_densenet.evaluation",
+    "load_model": "keras_densenet.rundir",
+    "load_training_data": "loop",
+    "make_optimizer": "recipe",
+    "make_strategy": "recipe",
+    "resolve_jit_compile": "recipe",
+    "train": "loop",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,9 +24,14 @@ from keras_densenet._validation import (
     check_int_sequence,
     check_path,
 )
-from keras_densenet.batchnorm import DEFAULT_STEPS as DEFAULT_RECALIBRATION_STEPS
-from keras_densenet.layers import BN_MOMENTUM
-from keras_densenet.models import MAX_BLOCK_LAYERS, MAX_WIDTH, PRESETS, resolve_config
+from keras_densenet.presets import (
+    BN_MOMENTUM,
+    MAX_BLOCK_LAYERS,
+    MAX_WIDTH,
+    PRESETS,
+    RECALIBRATION_STEPS,
+    resolve_config,
+)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("off", "on", "auto")
@@ -227,7 +232,7 @@ class TrainConfig:
         ),
     )
     bn_recalibrate_steps: int = _option(
-        DEFAULT_RECALIBRATION_STEPS,
+        RECALIBRATION_STEPS,
         Rule(
             "int",
             "batches used to recompute BatchNorm statistics before each validation and for "
@@ -306,7 +311,7 @@ class TrainConfig:
         None,
         Rule(
             "float",
-            "base learning rate (default 0.1 x global batch / 64)",
+            "base learning rate; default 0.1 x global batch / 64",
             0.0,
             math.inf,
             low_open=True,

@@ -71,7 +71,7 @@ def _prepare_run_dir(config: TrainConfig) -> int | None:
     has_run = os.path.exists(os.path.join(out, rundir.CONFIG))
     if has_run and not config.resume:
         raise ValueError(
-            f"`out` {out!r} already holds a run: pass resume=True (--resume) to continue it, "
+            f"`out` {out!r} already holds a run: pass `resume=True` to continue it, "
             "or choose another directory."
         )
     if not (has_run and config.resume):
@@ -109,6 +109,8 @@ class TrainingData:
         global_batch: Global batch size (per-replica batch x replicas).
         recalibration: Shuffled training batches without augmentation, for
             recomputing BN statistics (None when recalibration is off).
+        validation_info: The validation split's `DatasetInfo`.
+        test_info: The test split's `DatasetInfo`.
     """
 
     train: Any
@@ -117,6 +119,8 @@ class TrainingData:
     steps_per_epoch: int
     global_batch: int
     recalibration: Any = None
+    validation_info: Any = None
+    test_info: Any = None
 
 
 def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
@@ -146,13 +150,28 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
         "seed": config.seed,
         "image_size": tuple(config.image_size) if config.image_size else None,
         "channels": config.channels,
+        "bad_images": config.bad_images,
     }
     fraction = config.validation_fraction or None
     train_ds, info = load_dataset(
         config.dataset, "train", validation_fraction=fraction, **data_args
     )
-    val_split = "validation" if fraction else "test"
-    val_ds, _ = load_dataset(config.dataset, val_split, validation_fraction=fraction, **data_args)
+    # The run ends with a test evaluation: a dataset without a test split (a
+    # flat image folder) is refused now, not after the last epoch.
+    test_ds, test_info = load_dataset(
+        config.dataset, "test", validation_fraction=fraction, **data_args
+    )
+    val_ds, val_info = (
+        load_dataset(config.dataset, "validation", validation_fraction=fraction, **data_args)
+        if fraction
+        else (test_ds, test_info)
+    )
+    for other in (test_info, val_info):
+        if other.class_names != info.class_names:
+            raise ValueError(
+                f"The {other.split} split of {config.dataset!r} has classes "
+                f"{list(other.class_names)}, the training split {list(info.class_names)}."
+            )
     recalibration = None
     if config.bn_recalibrate_steps:
         # The images the model is evaluated on are not augmented: neither are
@@ -171,7 +190,9 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
     steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
-    return TrainingData(train_ds, val_ds, info, steps, global_batch, recalibration)
+    return TrainingData(
+        train_ds, val_ds, info, steps, global_batch, recalibration, val_info, test_info
+    )
 
 
 def build_training_model(
@@ -201,7 +222,6 @@ def build_training_model(
         input_shape=info.image_shape,
         num_classes=info.num_classes,
         normalization=info.normalization,
-        name=config.preset or "densenet",
     )
     if config.sync_batchnorm:
         for layer in model._flatten_layers():
@@ -289,6 +309,8 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     with dtype_policy(config.precision), scope:
         model = build_training_model(config, data, strategy)
     jit = bool(model.jit_compile)
+    if config.verbose:
+        print(describe_run(config, data, model, jit, done), flush=True)
 
     out = config.out
     history_path = os.path.join(out, rundir.HISTORY)
@@ -350,6 +372,39 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     return _finish_run(config, data, model, meter, started, jit, replicas)
 
 
+def describe_run(
+    config: TrainConfig, data: TrainingData, model: keras.Model, jit: bool, done: int = 0
+) -> str:
+    """One line saying what a run is about to do (printed before the first epoch).
+
+    Args:
+        config: The training options.
+        data: The run's data.
+        model: The compiled model.
+        jit: Whether XLA is on.
+        done: Epochs a resumed run already has.
+
+    Returns:
+        The line.
+    """
+    info = data.info
+    val = data.validation_info
+    sizes = (
+        f"{info.num_examples} train / {val.num_examples if val else '?'} {val.split if val else ''}"
+    )
+    test = data.test_info
+    if test is not None and val is not test:
+        sizes += f" / {test.num_examples} test"
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    resumed = f" | resuming after epoch {done}" if done else ""
+    return (
+        f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
+        f"{info.num_classes} classes) | {model.name} ({trainable:,} trainable params) | "
+        f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
+        f"{config.precision}, XLA {'on' if jit else 'off'} | {config.out}{resumed}"
+    )
+
+
 def _or_minus_inf(value: float | None) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
@@ -372,6 +427,7 @@ def _finish_run(
     best_path = os.path.join(out, rundir.BEST)
     test_args = {
         "split": "test",
+        "bad_images": config.bad_images,
         "data_dir": config.data_dir,
         "batch_size": data.global_batch,
         "image_size": config.image_size,
@@ -392,6 +448,7 @@ def _finish_run(
     evaluation = evaluate(best, config.dataset, out=out, **test_args)
     summary = {
         "model": model.name,
+        "preset": config.preset,
         "params": int(model.count_params()),
         "trainable_params": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
         "dataset": config.dataset,

@@ -1,0 +1,200 @@
+"""The run directory: lock, history, config and backup files read back with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from keras_densenet import _io, rundir
+
+HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
+
+
+def _row(epoch: int) -> str:
+    return f"{epoch},0.{epoch + 1},1.{epoch},0.{epoch + 2},1.{epoch + 1}\n"
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from keras_densenet import rundir
+    with rundir.lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+@pytest.mark.reliability("faults")
+def test_lock_keeps_a_second_process_out_and_dies_with_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        in_use = pytest.raises(rundir.DirectoryInUseError, match=f"process {holder.pid}")
+        with in_use, rundir.lock(tmp_path):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: the OS releases the lock
+        holder.wait()
+    with rundir.lock(tmp_path), open(tmp_path / rundir.LOCK) as f:
+        assert f.read().strip() == str(os.getpid())
+
+
+def test_history_with_repeated_headers_and_epochs_reads_one_row_per_epoch(tmp_path):
+    """What two processes appending at once used to leave behind."""
+    path = tmp_path / "history.csv"
+    path.write_text(HEADER + _row(0) + HEADER + _row(0) + _row(1) + _row(1) + _row(2))
+    history = rundir.read_history(path)
+    assert history["epoch"] == [0.0, 1.0, 2.0]
+    assert history["accuracy"] == [0.1, 0.2, 0.3]
+    rundir.trim_history(path, epochs_done=2)  # and a resumed run repairs the file
+    assert path.read_text().splitlines() == [
+        HEADER.strip(),
+        "0,0.1,1.0,0.2,1.1",
+        "1,0.2,1.1,0.3,1.2",
+    ]
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (HEADER + "0,0.1,nan-ish,0.2,1.0\n", "line 2"),
+        (HEADER + "0,0.1\n", "line 2"),
+        ("step,loss\n0,1\n", "no `epoch` column"),
+        (HEADER + "1.5,0.1,1,0.2,1\n", "line 2"),
+    ],
+)
+def test_bad_history_rows_are_named_with_their_line(tmp_path, content, match):
+    path = tmp_path / "history.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as err:
+        rundir.read_history(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (rundir.CONFIG, "[]", "JSON object"),
+        (rundir.CONFIG, "{not json", "not valid JSON"),
+        (rundir.CONFIG, b"\xff\xfe{}", "not UTF-8"),
+        (rundir.SUMMARY, "[1, 2]", "JSON object"),
+    ],
+)
+def test_corrupted_json_files_are_named(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    reader = rundir.read_config if name == rundir.CONFIG else rundir.read_summary
+    with pytest.raises(ValueError, match=match) as err:
+        reader(tmp_path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("metadata", "weights", "match"),
+    [
+        ({"batch": 0}, None, "must hold"),
+        ({"epoch": "3"}, None, "must hold"),
+        ({"epoch": -1}, None, "must hold"),
+        ({"epoch": 2}, "missing", "is missing"),
+        ({"epoch": 2}, "truncated", "truncated or corrupted"),
+    ],
+)
+def test_corrupted_backups_are_named(tmp_path, metadata, weights, match):
+    backup = tmp_path / rundir.BACKUP
+    backup.mkdir()
+    (backup / rundir.BACKUP_METADATA).write_text(json.dumps(metadata))
+    weights_path = backup / rundir.BACKUP_WEIGHTS
+    if weights == "truncated":
+        with h5py.File(weights_path, "w") as f:
+            f["w"] = np.zeros(1000)
+        weights_path.write_bytes(weights_path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=match) as err:
+        rundir.epochs_done(tmp_path)
+    assert rundir.BACKUP in str(err.value)
+
+
+def test_epochs_done_reads_a_good_backup(tmp_path):
+    backup = tmp_path / rundir.BACKUP
+    backup.mkdir()
+    assert rundir.epochs_done(tmp_path) == 0
+    with h5py.File(backup / rundir.BACKUP_WEIGHTS, "w") as f:
+        f["w"] = np.zeros(3)
+    (backup / rundir.BACKUP_METADATA).write_text('{"epoch": 4, "batch": 0}')
+    assert rundir.epochs_done(tmp_path) == 4
+
+
+def test_option_changes_ignores_what_may_change():
+    previous = {"epochs": 3, "growth_rate": 12, "out": "runs/a"}
+    now = {"epochs": 6, "growth_rate": 24, "out": "runs/a/", "seed": 1}
+    changes = rundir.option_changes(previous, now, {"epochs", "out"})
+    assert changes == {"growth_rate": (12, 24), "seed": (None, 1)}
+
+
+def test_model_file_and_class_names(tmp_path):
+    (tmp_path / "last.keras").write_bytes(b"")
+    assert rundir.model_file(tmp_path) == str(tmp_path / "last.keras")
+    (tmp_path / "best.keras").write_bytes(b"")
+    assert rundir.model_file(tmp_path) == str(tmp_path / "best.keras")
+    assert rundir.class_names(tmp_path) is None
+    _io.write_json(tmp_path / rundir.SUMMARY, {"class_names": ["cat", "dog"]})
+    assert rundir.class_names(tmp_path / "best.keras") == ["cat", "dog"]
+    with pytest.raises(ValueError, match="not found"):
+        rundir.model_file(tmp_path / "nope.keras")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="not a training run directory"):
+        rundir.model_file(empty)
+
+
+@pytest.mark.reliability("faults")
+def test_atomic_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model_int8.tflite"
+    _io.write_bytes(path, b"old")
+    with pytest.raises(RuntimeError, match="disk"), _io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"half of the new")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model_int8.tflite"]
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _io.write_bytes(tmp_path / "a.tflite", b"x")
+        _io.write_json(tmp_path / "b.json", {})
+    finally:
+        os.umask(old)
+    for name in ("a.tflite", "b.json"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o644"
+
+
+def test_killed_atomic_write_leaves_the_old_file(tmp_path):
+    """SIGKILL between writing the temporary and renaming it."""
+    path = tmp_path / "summary.json"
+    _io.write_json(path, {"old": True})
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from keras_densenet import _io
+        with _io.atomic_path({str(path)!r}) as tmp:
+            open(tmp, "w").write('{{"new": tr')
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert proc.returncode == -9
+    assert json.loads(path.read_text()) == {"old": True}
