@@ -355,3 +355,225 @@ def test_seeded_deterministic_runs_give_identical_weights(tmp_path):
         weights.append(load_model(tmp_path / run / "last.keras").get_weights())
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Runs that must not be wrecked: locks, splits checked up front, resume errors.
+
+TINY_RUN = [
+    "train",
+    "--preset",
+    "densenet_bc_100_12",
+    "--depth",
+    "10",
+    "--growth-rate",
+    "4",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "16",
+    "--bn-recalibrate-steps",
+    "2",
+    "--seed",
+    "0",
+    "--quiet",
+]
+
+
+def _one_line_error(proc, *needles):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch tiny run; tests copy it before changing anything."""
+    out = str(tmp_path_factory.mktemp("runs") / "done")
+    proc = _cli(*TINY_RUN, "--epochs", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    target = str(tmp_path / "run")
+    shutil.copytree(run, target)
+    return target
+
+
+def _snapshot(directory):
+    return {
+        os.path.relpath(os.path.join(root, n), directory): os.stat(
+            os.path.join(root, n)
+        ).st_mtime_ns
+        for root, _, names in os.walk(directory)
+        for n in names
+        if n != ".lock"
+    }
+
+
+@pytest.mark.reliability("faults")
+def test_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    out = str(tmp_path / "same")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "keras_densenet", *TINY_RUN, "--epochs", "3", "--out", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(os.path.join(out, "config.json")):
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could start"
+    second = _cli(*TINY_RUN, "--epochs", "3", "--resume", "--out", out)
+    _one_line_error(second, "in use by process", str(first.pid))
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    with open(os.path.join(out, "history.csv")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("epoch,") and [line.split(",")[0] for line in lines[1:]] == [
+        "0",
+        "1",
+        "2",
+    ]
+
+
+def _write_folder(root, classes, per_class=4, size=(12, 12)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, name, f"{i}.png"))
+
+
+@pytest.mark.reliability("bad_input")
+def test_image_folders_are_checked_before_the_first_step(tmp_path):
+    flat = tmp_path / "flat"
+    _write_folder(flat, ["cat", "dog"])
+    args = [*TINY_RUN, "--epochs", "1", "--image-size", "16,16", "--validation-fraction", "0"]
+    _one_line_error(_cli(*args, "--dataset", str(flat), "--out", str(tmp_path / "a")), "test")
+    assert not (tmp_path / "a" / "config.json").exists()
+
+    single = tmp_path / "single"
+    _write_folder(single / "train", ["cat"])
+    _write_folder(single / "test", ["cat"])
+    _one_line_error(
+        _cli(*args, "--dataset", str(single), "--out", str(tmp_path / "b")), "at least 2"
+    )
+
+    mixed = tmp_path / "mixed"
+    _write_folder(mixed / "train", ["cat", "dog"])
+    _write_folder(mixed / "test", ["cat", "fox"])
+    _one_line_error(
+        _cli(*args, "--dataset", str(mixed), "--out", str(tmp_path / "c")), "differ", "fox"
+    )
+
+    broken = tmp_path / "broken"
+    _write_folder(broken / "train", ["cat", "dog"])
+    _write_folder(broken / "test", ["cat", "dog"])
+    (broken / "train" / "cat" / "empty.png").write_bytes(b"")
+    (broken / "train" / "dog" / "notes.jpg").write_text("not an image")
+    _one_line_error(
+        _cli(*args, "--dataset", str(broken), "--out", str(tmp_path / "d")),
+        "empty.png",
+        "--bad-images skip",
+    )
+    skipped = _cli(
+        *args, "--dataset", str(broken), "--bad-images", "skip", "--out", str(tmp_path / "e")
+    )
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "Skipped 2 of 10 files" in skipped.stderr
+    small = tmp_path / "small"  # 8 training images: 10% of them is no image
+    _write_folder(small / "train", ["cat", "dog"])
+    _write_folder(small / "test", ["cat", "dog"])
+    tiny = _cli(*args[:-2], "--dataset", str(small), "--out", str(tmp_path / "f"))
+    _one_line_error(tiny, "--validation-fraction=0.1", "leaves no validation images")
+    with open(tmp_path / "e" / "summary.json") as f:
+        assert json.load(f)["class_names"] == ["cat", "dog"]
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        ("truncated_backup", ("latest.weights.h5", "truncated")),
+        ("metadata_without_epoch", ("training_metadata.json", "epoch")),
+        ("config_list", ("config.json", "JSON object")),
+        ("config_garbage", ("config.json", "not valid JSON")),
+        ("history_row", ("history.csv", "line 2")),
+    ],
+)
+def test_damaged_run_files_are_named_on_resume(finished_run, tmp_path, damage, needles):
+    out = _copy(finished_run, tmp_path)
+    path = {
+        "truncated_backup": "backup/latest.weights.h5",
+        "metadata_without_epoch": "backup/training_metadata.json",
+        "config_list": "config.json",
+        "config_garbage": "config.json",
+        "history_row": "history.csv",
+    }[damage]
+    full = os.path.join(out, path)
+    content = {
+        "metadata_without_epoch": b'{"batch": 0}',
+        "config_list": b"[]",
+        "config_garbage": b"\x00garbage",
+    }.get(damage)
+    if damage == "truncated_backup":
+        with open(full, "rb") as f:
+            content = f.read()[:500]
+    elif damage == "history_row":
+        with open(full, "rb") as f:
+            lines = f.read().split(b"\n")
+        content = b"\n".join([lines[0], b"0,zero,1,2,3", *lines[2:]])
+    with open(full, "wb") as f:
+        f.write(content)
+    _one_line_error(_cli(*TINY_RUN, "--epochs", "3", "--resume", "--out", out), *needles)
+
+
+@pytest.mark.reliability("faults")
+def test_resume_of_a_complete_run_changes_nothing(finished_run, tmp_path):
+    out = _copy(finished_run, tmp_path)
+    before = _snapshot(out)
+    done = _cli(*TINY_RUN, "--epochs", "2", "--resume", "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "already complete (2 epochs)" in done.stdout
+    shorter = _cli(*TINY_RUN, "--epochs", "1", "--resume", "--out", out)
+    _one_line_error(shorter, "already trained 2 epochs", "--epochs", "nothing was changed")
+    assert _snapshot(out) == before
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["epochs"] == 2
+
+
+@pytest.mark.reliability("faults")
+def test_a_moved_run_resumes_and_trailing_slashes_do_not_matter(finished_run, tmp_path):
+    out = _copy(finished_run, tmp_path)
+    proc = _cli(*TINY_RUN, "--epochs", "3", "--resume", "--out", out + "/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _epochs_logged(out) == [0, 1, 2]
+
+
+@pytest.mark.reliability("faults")
+def test_nan_in_the_first_epoch_names_no_missing_file(tmp_path):
+    out = str(tmp_path / "nan")
+    proc = _cli(*TINY_RUN, "--epochs", "1", "--learning-rate", "1e30", "--out", out)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "NaN" in last and "No epoch finished" in last
+    assert not os.path.exists(os.path.join(out, "last.keras"))
+
+
+@pytest.mark.reliability("bad_input")
+def test_evaluate_checks_its_output_path_before_working(finished_run, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("a file, not a directory")
+    # The data is not even looked up: the output path fails first.
+    proc = _cli("evaluate", finished_run, "--out", str(target), "--dataset", "no_such_data")
+    _one_line_error(proc, str(target), "not a directory")
+    assert target.read_text() == "a file, not a directory"

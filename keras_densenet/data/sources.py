@@ -479,6 +479,12 @@ def _load_folder(
             f"`name`={name!r}: image folder {directory!r} holds no readable "
             f"{'/'.join(EXTENSIONS)} images in its class sub-folders."
         )
+    if subset is not None and int(validation_fraction * len(files)) < 1:
+        raise ValueError(
+            f"`validation_fraction`={validation_fraction} of the {len(files)} images in "
+            f"{directory!r} leaves no validation images: use a larger fraction, or 0 to "
+            "validate on the test split."
+        )
     if bad:
         warnings.warn(
             f"Skipped {len(bad)} of {len(files)} files in image folder {directory!r} that are "
