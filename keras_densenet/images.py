@@ -201,7 +201,7 @@ def inspect_image(
     if width * height > max_pixels:
         raise ValueError(
             f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (max_image_pixels); resize it first."
+            f"{max_pixels:,} (`max_image_pixels`); resize it first."
         )
     return ImageInfo(fmt, width, height, channels)
 

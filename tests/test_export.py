@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from keras_densenet import DenseBlock, build_densenet, export
+from keras_densenet.batchnorm import recalibrate_batchnorm
 from keras_densenet.data import FASHION_MNIST_CLASSES, read_idx
 from keras_densenet.export.tflite import equalize_concatenations
 
@@ -82,25 +83,6 @@ def synthetic_images(count: int, seed: int) -> np.ndarray:
     return np.clip(np.round(fine + rng.normal(0, 20, fine.shape)), 0, 255).astype(np.uint8)
 
 
-def settle_batchnorm(model: keras.Model, images: np.ndarray) -> None:
-    """Sets BN moving statistics to the statistics of ``images``.
-
-    A few dozen training steps leave the moving averages (momentum 0.99)
-    mostly at their initial values, so inference would be meaningless.
-    """
-    layers = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(images.astype(np.float32), training=True)
-    for layer, momentum in zip(layers, momenta, strict=True):
-        layer.momentum = momentum
-
-
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
     # Briefly trained to tell brightness bands apart: an untrained DenseNet
@@ -113,7 +95,7 @@ def model() -> keras.Model:
     labels = np.digitize(brightness, np.quantile(brightness, np.linspace(0.1, 0.9, 9)))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(train.astype(np.float32), labels, batch_size=40, epochs=3, verbose=0)
-    settle_batchnorm(model, train)
+    recalibrate_batchnorm(model, train, steps=None, batch_size=len(train))
     return model
 
 
@@ -630,7 +612,10 @@ def test_tensorflow_serving_command(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def fashion() -> tuple[np.ndarray, np.ndarray]:
     if not (FASHION_IMAGES.is_file() and FASHION_LABELS.is_file()):
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
+        pytest.fail(
+            f"Fashion-MNIST not found in {FASHION_DIR}: install Debian's dataset-fashion-mnist "
+            "(bash .ci/setup does, as root)"
+        )
     images = read_idx(FASHION_IMAGES).reshape(-1, 28, 28, 1)
     labels = read_idx(FASHION_LABELS)
     return images[:1700], labels[:1700]
@@ -651,7 +636,7 @@ def trained(fashion: tuple[np.ndarray, np.ndarray]) -> keras.Model:
     schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=epochs * 20)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy")
     model.fit(train, labels[:1000], batch_size=50, epochs=epochs, verbose=0)
-    settle_batchnorm(model, images[:1000])
+    recalibrate_batchnorm(model, images[:1000], steps=None, batch_size=1000)
     return model
 
 
@@ -711,3 +696,215 @@ def test_tflite_argument_errors(tmp_path: Path, model: keras.Model) -> None:
     with pytest.raises(ValueError, match=re.escape("m.tflite")):
         export.run_tflite(tmp_path / "m.tflite", np.zeros((1, 28, 28, 1), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# Runs trained by the package: precision, calibration data, files, bad input
+# ---------------------------------------------------------------------------
+
+TINY_TRAIN = {
+    "preset": "densenet_bc_100_12",
+    "depth": 10,
+    "growth_rate": 4,
+    "epochs": 1,
+    "steps_per_epoch": 3,
+    "batch_size": 16,
+    "bn_recalibrate_steps": 2,
+    "seed": 0,
+    "verbose": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny runs on the embedded sample: grayscale float32, RGB, and mixed_float16."""
+    from keras_densenet.training import train
+
+    root = tmp_path_factory.mktemp("runs")
+    options = {
+        "gray": {},
+        "rgb": {"channels": 3},
+        "mixed": {"precision": "mixed_float16"},
+    }
+    for name, extra in options.items():
+        train({**TINY_TRAIN, **extra, "out": str(root / name)})
+    return {name: str(root / name) for name in options}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "keras_densenet", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_mixed_precision_run_exports_a_float32_graph(tmp_path: Path, runs: dict[str, str]) -> None:
+    run = runs["mixed"]
+    mixed = export.load_keras_model(run)[0]
+    assert mixed.get_layer("conv1_conv").compute_dtype == "float16"
+    sample = synthetic_images(8, seed=3)
+    version = export.export_savedmodel(run, tmp_path / "served")
+    info = export.read_export_info(version)
+    assert (info["trained_dtype"], info["serving_dtype"]) == ("float16", "float32")
+    loaded = tf.saved_model.load(version)
+    assert loaded.signatures["metadata"]()["serving_dtype"].numpy() == b"float32"
+    served = loaded.signatures["serving_default"](images=tf.constant(sample))["probabilities"]
+    np.testing.assert_allclose(served, keras_probabilities(mixed, sample), atol=5e-3)
+    # The graph itself computes in float32: no half-precision op in it.
+    graph = loaded.signatures["serving_default"].graph.as_graph_def()
+    dtypes = {node.attr["T"].type for node in graph.node if "T" in node.attr}
+    dtypes |= {
+        f.attr["T"].type for fn in graph.library.function for f in fn.node_def if "T" in f.attr
+    }
+    assert tf.float16.as_datatype_enum not in dtypes
+    # A GPU server can keep the low-precision graph.
+    half = export.export_savedmodel(run, tmp_path / "served", serving_dtype="float16")
+    assert export.read_export_info(half)["serving_dtype"] == "float16"
+    assert tf.saved_model.load(half).signatures["metadata"]()["serving_dtype"] == b"float16"
+    for quantization in ("float32", "int8"):
+        path = export.export_tflite(
+            run,
+            tmp_path / f"{quantization}.tflite",
+            quantization,
+            representative_data=export.calibration_images(run, 50),
+        )
+        probabilities = export.run_tflite(path, sample)
+        assert probabilities.shape == (8, 10) and np.isfinite(probabilities).all()
+
+
+def test_cli_int8_export_of_an_rgb_run_calibrates_on_its_own_data(
+    tmp_path: Path, runs: dict[str, str]
+) -> None:
+    calibration = export.calibration_images(runs["rgb"], 20)
+    assert calibration.shape == (20, 28, 28, 3) and calibration.dtype == np.uint8
+    out = tmp_path / "rgb"
+    old = os.umask(0o022)
+    try:
+        proc = cli("export", runs["rgb"], "--out", str(out), "--tflite", "int8")
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""  # no converter chatter ("fully_quantize: 0, ...")
+    tflite = out / "model_int8.tflite"
+    assert oct(tflite.stat().st_mode & 0o777) == "0o644"  # like the SavedModel, not 0600
+    assert export.run_tflite(tflite, calibration).shape == (20, 10)
+
+
+def test_int8_from_a_keras_file_outside_a_run_needs_calibration_data(
+    tmp_path: Path, model: keras.Model
+) -> None:
+    path = tmp_path / "m.keras"
+    model.save(path)
+    proc = cli("export", str(path), "--out", str(tmp_path / "out"), "--tflite", "int8")
+    assert proc.returncode == 2 and "--calibration-dataset" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before the SavedModel was written
+    proc = cli(
+        "export",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--tflite",
+        "int8",
+        "--calibration-dataset",
+        "fashion_mnist_sample",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "model_int8.tflite").is_file()
+
+
+@pytest.mark.reliability("bad_input")
+def test_version_that_is_a_file_is_refused_and_nothing_is_left(
+    tmp_path: Path, model: keras.Model
+) -> None:
+    model_dir = tmp_path / "served"
+    model_dir.mkdir()
+    (model_dir / "1").write_text("not a version")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not a version directory"):
+            export.export_savedmodel(model, model_dir, version=1, overwrite=overwrite)
+    assert sorted(os.listdir(model_dir)) == ["1"]
+
+
+@pytest.mark.reliability("bad_input")
+def test_class_names_with_control_characters_are_refused(
+    tmp_path: Path, model: keras.Model
+) -> None:
+    names = [f"class{i}" for i in range(10)]
+    for bad in ("\x1b[31mred", "two\nlines", "bell\x07"):
+        with pytest.raises(ValueError, match="control characters"):
+            export.export_savedmodel(model, tmp_path / "x", class_names=[bad, *names[1:]])
+    assert not (tmp_path / "x").exists() or not digit_dirs(tmp_path / "x")
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.reliability("bad_input")
+@pytest.mark.parametrize("fmt", ["GIF", "BMP"])
+def test_gif_and_bmp_reach_a_one_channel_model(
+    tmp_path: Path, fmt: str, model: keras.Model, version_dir: Path, loaded: object
+) -> None:
+    image = synthetic_images(1, seed=7)[0]
+    rgb = np.repeat(image, 3, axis=-1)
+    files = []
+    for name, pixels in (("gray", image), ("rgb", rgb)):
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        path.write_bytes(_encode(pixels, fmt))
+        files.append(path)
+    expected = keras_probabilities(model, image[None])
+    by_file = export.predict(version_dir, files, top_k=10)
+    served = loaded.signatures["serving_bytes"](
+        image_bytes=tf.constant([p.read_bytes() for p in files])
+    )["probabilities"].numpy()
+    for i in range(2):
+        np.testing.assert_allclose(served[i], expected[0], atol=2e-2)  # GIF's palette rounds
+        assert by_file[i][0][0] == CLASS_NAMES[int(served[i].argmax())]
+
+
+@pytest.mark.reliability("bad_input")
+def test_decompression_bombs_are_refused_before_decoding(
+    tmp_path: Path, version_dir: Path, loaded: object
+) -> None:
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20_000, 20_000)).save(bomb)
+    assert bomb.stat().st_size < 1_000_000  # 400 megapixels in a small file
+    with pytest.raises(ValueError, match=r"bomb\.png.*over the limit of 50,000,000"):
+        export.predict(version_dir, [bomb])
+    proc = cli("predict", str(version_dir), str(bomb))
+    assert proc.returncode == 2 and "over the limit" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--max-image-pixels" in proc.stderr
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([bomb.read_bytes()]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        loaded.signatures["serving_default"](images=tf.zeros((1, 8000, 8000, 1), tf.uint8))
+
+
+@pytest.mark.reliability("security")
+def test_lambda_models_need_allow_unsafe_in_every_command(tmp_path: Path) -> None:
+    inputs = keras.Input((28, 28, 1))
+    scaled = keras.layers.Lambda(lambda x: x / 255.0)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(scaled)
+    outputs = keras.layers.Dense(10, activation="softmax")(pooled)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    commands = {
+        "predict": ["predict", str(path), "--sample", "2"],
+        "export": ["export", str(path), "--out", str(tmp_path / "served")],
+        "evaluate": ["evaluate", str(path), "--dataset", "fashion_mnist_sample"],
+    }
+    for name, args in commands.items():
+        refused = cli(*args)
+        assert refused.returncode == 2 and "pass --allow-unsafe" in refused.stderr, name
+        allowed = cli(*args, "--allow-unsafe")
+        assert allowed.returncode == 0, (name, allowed.stderr[-2000:])

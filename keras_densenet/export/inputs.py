@@ -110,7 +110,7 @@ def image_list(
         if image.shape[0] * image.shape[1] > max_pixels:
             raise ValueError(
                 f"{what} has {image.shape[0] * image.shape[1]:,} pixels, over the limit of "
-                f"{max_pixels:,} (max_image_pixels)."
+                f"{max_pixels:,} (`max_image_pixels`)."
             )
         if channels is not None and image.shape[-1] != channels:
             hint = (
@@ -185,7 +185,7 @@ def decode_for_serving(
         dims[0] * dims[1],
         tf.constant(max_pixels, tf.int64),
         message=f"an image in `image_bytes` is over the limit of {max_pixels} pixels "
-        "(max_image_pixels)",
+        "(`max_image_pixels`)",
     )
     with tf.control_dependencies([check]):
         image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
@@ -216,7 +216,7 @@ def batch_checks(images: tf.Tensor, channels: int, max_pixels: int) -> list[tf.O
         tf.debugging.assert_less_equal(
             tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64),
             tf.constant(max_pixels, tf.int64),
-            message=f"`images` are over the limit of {max_pixels} pixels each (max_image_pixels)",
+            message=f"`images` are over the limit of {max_pixels} pixels each (`max_image_pixels`)",
         ),
     ]
 
