@@ -53,7 +53,8 @@ def fsync_tree(root: str) -> None:
         fsync_path(directory)
 
 
-def _remove(path: str) -> None:
+def remove(path: str) -> None:
+    """Removes a file or a directory tree; missing paths are fine."""
     if os.path.isdir(path) and not os.path.islink(path):
         import shutil
 
@@ -96,7 +97,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         fsync_path(directory)
     finally:
         if os.path.lexists(tmp):
-            _remove(tmp)
+            remove(tmp)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:

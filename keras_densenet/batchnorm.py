@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from keras_densenet._validation import check_int, check_positive_int
-from keras_densenet.presets import RECALIBRATION_STEPS
+from keras_densenet.architecture import RECALIBRATION_STEPS
 
 #: Batches a recalibration uses unless told otherwise.
 DEFAULT_STEPS = RECALIBRATION_STEPS

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from keras_densenet._validation import check_positive_int, check_rate
-from keras_densenet.presets import (
+from keras_densenet.architecture import (
     BN_EPSILON,
     BN_MOMENTUM,
     LEGACY_BN_MOMENTUM,
@@ -57,11 +57,6 @@ def _bn(name: str, layer: keras.layers.Layer) -> keras.layers.BatchNormalization
     )
 
 
-def _legacy_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A layer config saved before ``bn_momentum`` existed keeps its momentum."""
-    return {"bn_momentum": LEGACY_BN_MOMENTUM, **config}
-
-
 def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> keras.layers.Conv2D:
     return keras.layers.Conv2D(
         filters,
@@ -81,8 +76,75 @@ def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> kera
     )
 
 
+class _DenseNetLayer(keras.layers.Layer):
+    """What every DenseNet layer takes: dropout, BN momentum and kernel settings.
+
+    Subclasses check their own arguments, and list them in `_own_config`; the
+    shared ones are checked, stored and serialized here.
+    """
+
+    def __init__(
+        self,
+        dropout_rate: float,
+        bn_momentum: float,
+        kernel_initializer: Any,
+        kernel_regularizer: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def _own_config(self) -> dict[str, Any]:
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            self._own_config(),
+            dropout_rate=self.dropout_rate,
+            bn_momentum=self.bn_momentum,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> _DenseNetLayer:
+        # A layer saved before `bn_momentum` existed keeps the momentum it had.
+        return cls(**{"bn_momentum": LEGACY_BN_MOMENTUM, **config})
+
+
+class _GrowthLayer(_DenseNetLayer):
+    """A layer that adds ``growth_rate`` maps per dense layer (`DenseLayer`, `DenseBlock`)."""
+
+    def __init__(
+        self,
+        growth_rate: int,
+        bottleneck: bool,
+        bottleneck_width: int,
+        memory_efficient: bool,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.growth_rate = check_positive_int("growth_rate", growth_rate)
+        self.bottleneck = bool(bottleneck)
+        self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
+        self.memory_efficient = bool(memory_efficient)
+
+    def _own_config(self) -> dict[str, Any]:
+        return {
+            "growth_rate": self.growth_rate,
+            "bottleneck": self.bottleneck,
+            "bottleneck_width": self.bottleneck_width,
+            "memory_efficient": self.memory_efficient,
+        }
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DenseLayer(keras.layers.Layer):
+class DenseLayer(_GrowthLayer):
     """The composite function H_l of a DenseNet: the k new feature maps.
 
     With ``bottleneck=True`` (DenseNet-B):
@@ -131,16 +193,17 @@ class DenseLayer(keras.layers.Layer):
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.growth_rate = check_positive_int("growth_rate", growth_rate)
-        self.bottleneck = bool(bottleneck)
-        self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
-        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
-        self.memory_efficient = bool(memory_efficient)
-        self.bn_momentum = check_bn_momentum(bn_momentum)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-
+        super().__init__(
+            growth_rate,
+            bottleneck,
+            bottleneck_width,
+            memory_efficient,
+            dropout_rate=dropout_rate,
+            bn_momentum=bn_momentum,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            **kwargs,
+        )
         policy = self.dtype_policy
         prefix = self.name
         if self.bottleneck:
@@ -239,27 +302,9 @@ class DenseLayer(keras.layers.Layer):
         shape = _shape_of_inputs(input_shape)
         return (*shape[:-1], self.growth_rate)
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            growth_rate=self.growth_rate,
-            bottleneck=self.bottleneck,
-            bottleneck_width=self.bottleneck_width,
-            dropout_rate=self.dropout_rate,
-            memory_efficient=self.memory_efficient,
-            bn_momentum=self.bn_momentum,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DenseLayer:
-        return cls(**_legacy_config(config))
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DenseBlock(keras.layers.Layer):
+class DenseBlock(_GrowthLayer):
     """A dense block: L `DenseLayer`s, each fed the features of all before it.
 
     The output has ``C_in + num_layers * growth_rate`` channels: the input
@@ -303,22 +348,24 @@ class DenseBlock(keras.layers.Layer):
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            growth_rate,
+            bottleneck,
+            bottleneck_width,
+            memory_efficient,
+            dropout_rate=dropout_rate,
+            bn_momentum=bn_momentum,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            **kwargs,
+        )
         self.num_layers = check_positive_int("num_layers", num_layers)
-        self.growth_rate = check_positive_int("growth_rate", growth_rate)
-        self.bottleneck = bool(bottleneck)
-        self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
-        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
-        self.memory_efficient = bool(memory_efficient)
-        self.bn_momentum = check_bn_momentum(bn_momentum)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.dense_layers = [
             DenseLayer(
                 growth_rate,
                 bottleneck=bottleneck,
                 bottleneck_width=bottleneck_width,
-                dropout_rate=dropout_rate,
+                dropout_rate=self.dropout_rate,
                 memory_efficient=memory_efficient,
                 bn_momentum=self.bn_momentum,
                 kernel_initializer=self.kernel_initializer,
@@ -352,28 +399,12 @@ class DenseBlock(keras.layers.Layer):
         channels = _channels(input_shape, "DenseBlock")
         return (*tuple(input_shape[:-1]), channels + self.num_layers * self.growth_rate)
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            num_layers=self.num_layers,
-            growth_rate=self.growth_rate,
-            bottleneck=self.bottleneck,
-            bottleneck_width=self.bottleneck_width,
-            dropout_rate=self.dropout_rate,
-            memory_efficient=self.memory_efficient,
-            bn_momentum=self.bn_momentum,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DenseBlock:
-        return cls(**_legacy_config(config))
+    def _own_config(self) -> dict[str, Any]:
+        return {"num_layers": self.num_layers, **super()._own_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class TransitionLayer(keras.layers.Layer):
+class TransitionLayer(_DenseNetLayer):
     """Transition between dense blocks: BN-ReLU-Conv1x1-[Dropout]-AvgPool 2x2/2.
 
     The 1x1 convolution has ``floor(C_in * compression)`` filters
@@ -409,12 +440,14 @@ class TransitionLayer(keras.layers.Layer):
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            dropout_rate=dropout_rate,
+            bn_momentum=bn_momentum,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            **kwargs,
+        )
         self.compression = check_compression(compression)
-        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
-        self.bn_momentum = check_bn_momentum(bn_momentum)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bn = _bn(f"{self.name}_bn", self)
         self.pool = keras.layers.AveragePooling2D(
             2, strides=2, name=f"{self.name}_pool", dtype=self.dtype_policy
@@ -453,17 +486,5 @@ class TransitionLayer(keras.layers.Layer):
         half = [None if s is None else s // 2 for s in (height, width)]
         return (batch, *half, self._filters(channels))
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            compression=self.compression,
-            dropout_rate=self.dropout_rate,
-            bn_momentum=self.bn_momentum,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TransitionLayer:
-        return cls(**_legacy_config(config))
+    def _own_config(self) -> dict[str, Any]:
+        return {"compression": self.compression}

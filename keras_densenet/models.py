@@ -15,20 +15,19 @@ from typing import Any
 import keras
 
 from keras_densenet._validation import check_positive_int
-from keras_densenet.layers import DenseBlock, TransitionLayer
-from keras_densenet.presets import (
+from keras_densenet.architecture import (
     BN_EPSILON,
     BN_MOMENTUM,
-    CIFAR_STEM,
     MAX_CLASSES,
     POOLINGS,
-    PRESETS,
     blocks_from_depth,
     check_bn_momentum,
     min_input_size,
     model_name,
     resolve_config,
 )
+from keras_densenet.layers import DenseBlock, TransitionLayer
+from keras_densenet.presets import CIFAR_STEM, PRESETS
 
 
 def _check_head(

@@ -535,7 +535,7 @@ def test_bad_arguments_fail_before_reading_data(kwargs, error, argument, monkeyp
 
     from keras_densenet.data import sources
 
-    for loader in ("_load_sample", "_load_tfds", "_load_idx", "_load_folder"):
+    for loader in ("_load_sample", "load_tfds", "_load_idx", "load_folder"):
         monkeypatch.setattr(sources, loader, forbidden)
     call = {"name": SAMPLE_NAME, "split": "train", **kwargs}
     with pytest.raises(error, match=f"`{argument}`"):

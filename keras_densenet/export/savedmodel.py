@@ -24,36 +24,37 @@ tools that do not run TensorFlow.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import ctypes
 import errno
 import json
 import os
-import re
-import shlex
-import shutil
-import socket
-import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_densenet import _io
 from keras_densenet import images as image_files
 from keras_densenet._validation import check_bool, check_int
-from keras_densenet.export.inputs import batch_checks, decode_for_serving, image_list, resize
+from keras_densenet.export.inputs import batch_checks, decode_for_serving, resize
 from keras_densenet.export.model import (
     check_class_names,
     dtype_of,
     model_spec,
     resolve_model,
     with_serving_dtype,
+)
+from keras_densenet.export.versions import (
+    TEMP_PREFIX,
+    check_version,
+    list_versions,
+    remove,
+    remove_stale_scratch,
+    replace_dir,
+    scratch_name,
+    taken_versions,
 )
 
 SERVING_DEFAULT = "serving_default"
@@ -66,13 +67,6 @@ CLASSES = "classes"
 CLASS_NAMES_FILE = "class_names.txt"
 EXPORT_INFO_FILE = "export.json"
 REQUEST_FORMATS = ("instances", "inputs")
-
-# TF Serving loads only all-digit directory names, so these are never served.
-_TEMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
-_SCRATCH_RE = re.compile(
-    r"^\.(?P<kind>tmp|old)-(?P<version>\d+)-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)-[A-Za-z0-9_]+$"
-)
 
 
 def _serving_outputs(model: keras.Model, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -152,136 +146,6 @@ def build_archive(
     return archive
 
 
-def list_versions(model_dir: str | os.PathLike) -> list[int]:
-    """The complete exported versions in a model directory, ascending.
-
-    A version counts only if its directory name is all digits (what TF Serving
-    loads) and it holds a ``saved_model.pb``.
-
-    Args:
-        model_dir: e.g. ``saved_models/<model_name>``.
-
-    Returns:
-        The version numbers; empty if the directory does not exist.
-    """
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(model_dir)
-        if name.isdigit() and os.path.isfile(os.path.join(model_dir, name, "saved_model.pb"))
-    )
-
-
-def _taken_versions(model_dir: str) -> list[int]:
-    # Every digit-named entry blocks its number, complete or not.
-    return sorted(int(name) for name in os.listdir(model_dir) if name.isdigit())
-
-
-def _check_version(version: Any) -> int | None:
-    if version is None:
-        return None
-    if isinstance(version, str) and version.isdigit():
-        version = int(version)
-    return check_int("version", version, 1)
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
-
-
-def _scratch_name(kind: str, version: int) -> str:
-    return f"{kind}{version}-{_host_tag()}-{os.getpid()}-"
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would signal the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def _remove_stale_scratch(model_dir: str) -> None:
-    """Removes temp dirs of exports from this host whose process has died.
-
-    A killed export leaves its ``.tmp-*`` dir behind (TF Serving ignores it).
-    An ``.old-*`` dir is a replaced version kept while its replacement moved
-    in; if that version is missing, the old one is put back.
-    """
-    host = _host_tag()
-    for name in os.listdir(model_dir):
-        match = _SCRATCH_RE.match(name)
-        if not match or match["host"] != host or _pid_alive(int(match["pid"])):
-            continue
-        path = os.path.join(model_dir, name)
-        target = os.path.join(model_dir, match["version"])
-        if match["kind"] == "old" and not os.path.exists(target):
-            with contextlib.suppress(OSError):  # never delete the only copy
-                os.rename(path, target)
-            continue
-        _remove(path)
-
-
-def _remove(path: str) -> None:
-    """Removes a scratch directory, or a file left under a scratch name."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swaps two paths with Linux ``renameat2(RENAME_EXCHANGE)``.
-
-    Returns False where that is not available, so the caller can fall back.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(code, os.strerror(code), b)
-
-
-def _replace_dir(new: str, target: str, version: int) -> None:
-    """Puts ``new`` at ``target``, replacing the existing ``target``."""
-    if _exchange(new, target):
-        _remove(new)  # `new` now holds the old version
-        return
-    # Fallback: a short window where the version is missing; a crash inside it
-    # leaves the old version under `.old-*`, restored by the next export.
-    old = os.path.join(
-        os.path.dirname(target), _scratch_name(_OLD_PREFIX, version) + uuid.uuid4().hex[:8]
-    )
-    os.rename(target, old)
-    os.rename(new, target)
-    _remove(old)
-
-
 def export_savedmodel(
     model: keras.Model | str | os.PathLike,
     model_dir: str | os.PathLike,
@@ -344,7 +208,7 @@ def export_savedmodel(
         >>> export_savedmodel(model, "saved_models/fashion", class_names=names)
         'saved_models/fashion/1'
     """
-    requested = _check_version(version)
+    requested = check_version(version)
     check_bool("overwrite", overwrite)
     check_int("max_image_pixels", max_image_pixels, 1, 2**62)
     model_dir = os.fspath(model_dir)
@@ -372,10 +236,10 @@ def export_savedmodel(
         ) from err
     if not os.access(model_dir, os.W_OK):
         raise ValueError(f"`model_dir` {model_dir!r} is not writable.")
-    _remove_stale_scratch(model_dir)
+    remove_stale_scratch(model_dir)
 
     def next_free() -> int:
-        taken = _taken_versions(model_dir)
+        taken = taken_versions(model_dir)
         return taken[-1] + 1 if taken else 1
 
     version = requested if requested is not None else next_free()
@@ -392,7 +256,7 @@ def export_savedmodel(
     }
     # os.mkdir, unlike mkdtemp, honours the umask (mkdtemp's 0700 would hide
     # the model from a TF Serving running as another user).
-    tmp = os.path.join(model_dir, _scratch_name(_TEMP_PREFIX, version) + uuid.uuid4().hex[:8])
+    tmp = os.path.join(model_dir, scratch_name(TEMP_PREFIX, version) + uuid.uuid4().hex[:8])
     os.mkdir(tmp)
     try:
         build_archive(served, names, max_image_pixels).write_out(tmp, verbose=False)
@@ -406,7 +270,7 @@ def export_savedmodel(
         while True:
             if os.path.exists(target):
                 if overwrite and requested is not None:
-                    _replace_dir(tmp, target, version)
+                    replace_dir(tmp, target, version)
                     break
                 if requested is not None:
                     raise FileExistsError(
@@ -423,7 +287,7 @@ def export_savedmodel(
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     return target
 
@@ -460,86 +324,6 @@ def savedmodel_dir(path: str | os.PathLike) -> str | None:
     return None
 
 
-def tensorflow_serving_command(
-    model_dir: str | os.PathLike, model_name: str | None = None, port: int = 8501
-) -> str:
-    """A ``docker run`` command serving ``model_dir`` with TF Serving's REST API.
-
-    Args:
-        model_dir: The directory holding the numbered versions.
-        model_name: Name in the URL; default: the directory's name.
-        port: Host port for the REST API.
-
-    Returns:
-        A shell command; then POST to
-        ``http://localhost:<port>/v1/models/<model_name>:predict``.
-    """
-    source = os.path.abspath(os.fspath(model_dir))
-    name = model_name or os.path.basename(source.rstrip(os.sep))
-    return (
-        f"docker run --rm -p {int(port)}:8501 "
-        f"--mount type=bind,source={shlex.quote(source)},target=/models/{shlex.quote(name)} "
-        f"-e MODEL_NAME={shlex.quote(name)} -t tensorflow/serving"
-    )
-
-
-def serving_request_body(
-    images: Any, format: str = "instances", signature_name: str | None = None
-) -> str:
-    """Builds a TF Serving REST ``:predict`` request body.
-
-    Arrays become uint8 nested lists for ``serving_default``; ``bytes``
-    objects (encoded image files) become ``{"b64": ...}`` values for
-    ``serving_bytes``.
-
-    Args:
-        images: uint8 images of one size: an array ``(batch, height, width,
-            channels)`` or ``(height, width, channels)``, or a list of such
-            images; or a list of encoded image ``bytes``.
-        format: ``"instances"`` (row format: one entry per image) or
-            ``"inputs"`` (columnar format: one entry per input name).
-        signature_name: Default ``"serving_default"`` for pixel arrays and
-            ``"serving_bytes"`` for encoded bytes.
-
-    Returns:
-        The JSON text of the body.
-
-    Raises:
-        ValueError: For an unknown ``format``, images of different sizes, or
-            images that are not raw pixels of rank 3.
-
-    Example:
-        >>> body = serving_request_body(np.zeros((1, 28, 28, 1), np.uint8))
-        >>> json.loads(body)["signature_name"]
-        'serving_default'
-    """
-    if format not in REQUEST_FORMATS:
-        raise ValueError(f"`format` must be one of {REQUEST_FORMATS}, got {format!r}.")
-    if (
-        isinstance(images, Sequence)
-        and images
-        and all(isinstance(i, (bytes, bytearray)) for i in images)
-    ):
-        values: list[Any] = [{"b64": base64.b64encode(bytes(i)).decode("ascii")} for i in images]
-        input_name, default_signature = BYTES_INPUT, SERVING_BYTES
-    else:
-        image_list_ = image_list(images, channels=None)
-        if len({image.shape for image in image_list_}) != 1:
-            raise ValueError(
-                "A request body needs images of one size (TF Serving takes one tensor), got "
-                f"shapes {sorted({image.shape for image in image_list_})}; resize them or "
-                "send one request per size."
-            )
-        values = np.stack(image_list_).tolist()
-        input_name, default_signature = IMAGES_INPUT, SERVING_DEFAULT
-    body: dict[str, Any] = {"signature_name": signature_name or default_signature}
-    if format == "instances":
-        body["instances"] = values
-    else:
-        body["inputs"] = {input_name: values}
-    return json.dumps(body, separators=(",", ":"))
-
-
 __all__ = [
     "BYTES_INPUT",
     "CLASSES",
@@ -556,6 +340,4 @@ __all__ = [
     "list_versions",
     "read_export_info",
     "savedmodel_dir",
-    "serving_request_body",
-    "tensorflow_serving_command",
 ]

@@ -24,14 +24,14 @@ from keras_densenet._validation import (
     check_int_sequence,
     check_path,
 )
-from keras_densenet.presets import (
+from keras_densenet.architecture import (
     BN_MOMENTUM,
     MAX_BLOCK_LAYERS,
     MAX_WIDTH,
-    PRESETS,
     RECALIBRATION_STEPS,
     resolve_config,
 )
+from keras_densenet.presets import PRESETS
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("off", "on", "auto")

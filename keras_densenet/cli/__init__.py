@@ -1,0 +1,78 @@
+"""The ``keras-densenet`` command: a thin shell over the library functions.
+
+Every sub-command is one library call; its flags come from the library's own
+options and constants (``train``'s from `TrainConfig`'s fields). Nothing heavy
+is imported until a sub-command runs, so ``--help`` and argument errors answer
+at once. Every bad value ends with one line on stderr, naming the flag, and
+exit code 2, never a traceback; a training failure the user can act on (NaN
+loss, out of memory) ends with one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+
+from keras_densenet.cli.arguments import PROG, UsageError, build_parser, fail
+from keras_densenet.cli.commands import COMMANDS, parse_assignments
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """Option name -> its flag, for the sub-command that ran."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            parser = action.choices[command]
+    return {
+        action.dest: action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+
+
+def _speak_flags(message: str, flags: dict[str, str]) -> str:
+    """Rewrites the library's argument names in a message as the command's flags.
+
+    ```overwrite=True``` becomes ``--overwrite``, ```bad_images='skip'``` becomes
+    ``--bad-images skip`` and ```batch_size``` becomes ``--batch-size``; names
+    with no flag stay as they are.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        flag = flags.get(name)
+        if flag is None:
+            return match.group(0)
+        if value is None:
+            return flag
+        value = value.strip("'\"")
+        return flag if value == "True" else f"{flag} {value}"
+
+    return re.sub(r"`(\w+)(?:=([^`]+))?`", replace, message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``keras-densenet`` command.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (0 on success); errors exit via ``SystemExit``.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except UsageError as err:
+        fail(f"{PROG} {args.command}: error: {err}")
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+        message = _speak_flags(str(err), _flags_of(parser, args.command))
+        fail(f"{PROG} {args.command}: error: {message}")
+    except KeyboardInterrupt:
+        fail(f"{PROG} {args.command}: interrupted", code=130)
+
+
+__all__ = ["PROG", "UsageError", "build_parser", "main", "parse_assignments"]

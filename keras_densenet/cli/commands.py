@@ -1,0 +1,362 @@
+"""What each ``keras-densenet`` sub-command does: one library call each.
+
+Every function checks what it can without TensorFlow first, then imports
+Keras (`import_keras`) and calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from keras_densenet.cli.arguments import PROG, UsageError, fail
+from keras_densenet.training.config import OPTIONS, TrainConfig
+from keras_densenet.tuning.space import QUICK
+
+
+def _read_config(path: str | None) -> dict[str, Any]:
+    """The JSON object of options in ``--config`` (empty without one)."""
+    if not path:
+        return {}
+    if not os.path.isfile(path):
+        raise UsageError(f"--config file not found: {path!r}")
+    from keras_densenet._io import read_json
+
+    try:
+        options = read_json(path, "--config file")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not isinstance(options, dict):
+        raise UsageError(f"--config {path!r} must hold a JSON object of options")
+    for name, value in options.items():  # named as in the file, not as flags
+        if name in OPTIONS:
+            try:
+                OPTIONS[name].check(name, value)
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"--config {path!r}: {err}") from None
+    return options
+
+
+def _import_keras() -> None:
+    """Imports Keras (and TensorFlow) once the arguments are known to be good.
+
+    TensorFlow's C++ runtime prints a banner to stderr while it is imported,
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says; the command's stderr is for its
+    own messages.
+    """
+    from keras_densenet._startup import quiet_native_stderr
+
+    with quiet_native_stderr():
+        import keras  # noqa: F401
+
+        import keras_densenet.layers  # noqa: F401  (registers the layers with Keras)
+
+
+def _options(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _verbosity(quiet: bool) -> int:
+    # Progress bars only on a terminal: a log file gets one line per epoch.
+    return 2 if quiet or not sys.stdout.isatty() else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    options = _read_config(args.config)
+    options.update(_options(args, [n for n in OPTIONS if n != "verbose"]))
+    if "verbose" not in options or args.quiet:
+        options["verbose"] = _verbosity(args.quiet)
+    if "preset" not in options and not ({"depth", "blocks"} & set(options)):
+        options["preset"] = TrainConfig.preset
+    config = TrainConfig.from_dict(options)
+    _import_keras()
+    from keras_densenet.training import TrainingError, train
+
+    try:
+        summary = train(config)
+    except TrainingError as err:
+        fail(f"{PROG} train: {err}", code=1)
+    if summary.get("already_complete"):
+        print(
+            f"run {config.out} is already complete ({summary.get('epochs')} epochs): nothing to do"
+        )
+    print(
+        f"test accuracy {summary['test_accuracy']:.4f} | params {summary['params']:,} | "
+        f"{summary['epochs']} epochs | {summary['images_per_second'] or 0:.1f} images/s | "
+        f"{summary['wall_time_s']:.0f} s | run {config.out}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _import_keras()
+    from keras_densenet.evaluation import evaluate
+
+    result = evaluate(
+        args.model,
+        args.dataset,
+        split=args.split,
+        out=args.out,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        channels=args.channels,
+        validation_fraction=args.validation_fraction,
+        allow_unsafe=args.allow_unsafe,
+    )
+    print(f"accuracy {result['accuracy']:.4f} on {result['num_examples']} {args.split} images")
+    for name, acc in result["per_class_accuracy"].items():
+        print(f"  {name:<20} {acc:.4f}")
+    return 0
+
+
+def _calibration(args: argparse.Namespace) -> Any:
+    """int8 calibration images, gathered before anything is written."""
+    from keras_densenet import rundir
+    from keras_densenet.export import calibration_images
+
+    directory = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
+    if args.calibration_dataset is None:
+        if not os.path.isfile(os.path.join(directory, rundir.CONFIG)):
+            raise UsageError(
+                f"--tflite int8 needs images to calibrate with: {args.model!r} is not in a run "
+                "directory, so pass --calibration-dataset"
+            )
+        return calibration_images(directory)
+    from keras_densenet.data import load_dataset
+    from keras_densenet.export.model import load_keras_model, model_spec
+
+    height, width, channels, _ = model_spec(load_keras_model(args.model)[0])
+    dataset, _ = load_dataset(
+        args.calibration_dataset,
+        "train",
+        batch_size=200,
+        normalize=False,
+        augment=False,
+        shuffle=False,
+        image_size=(height, width),
+        channels=channels,
+    )
+    return next(iter(dataset))[0].numpy().round().clip(0, 255).astype("uint8")
+
+
+def _export(args: argparse.Namespace) -> int:
+    _import_keras()
+    from keras_densenet import export
+
+    representative = _calibration(args) if args.tflite == "int8" else None
+    path = export.export_savedmodel(
+        args.model,
+        args.out,
+        version=args.version,
+        overwrite=args.overwrite,
+        serving_dtype=args.serving_dtype,
+        max_image_pixels=args.max_image_pixels,
+        allow_unsafe=args.allow_unsafe,
+    )
+    info = export.read_export_info(path)
+    print(f"exported SavedModel {path} (serving dtype {info['serving_dtype']})")
+    if args.tflite:
+        tflite = export.export_tflite(
+            args.model,
+            os.path.join(args.out, f"model_{args.tflite}.tflite"),
+            quantization=args.tflite,
+            representative_data=representative,
+            allow_unsafe=args.allow_unsafe,
+        )
+        print(f"exported TFLite {tflite}")
+    print(export.tensorflow_serving_command(args.out))
+    return 0
+
+
+def _sample_images(count: int) -> tuple[Any, list[str]]:
+    """The first ``count`` uint8 test images of the embedded sample and their labels."""
+    import numpy as np
+
+    from keras_densenet.data import load_dataset
+
+    dataset, info = load_dataset(
+        "fashion_mnist_sample", "test", batch_size=count, normalize=False, shuffle=False
+    )
+    images, labels = next(iter(dataset))
+    names = [info.class_names[int(i)] for i in np.asarray(labels)]
+    return np.asarray(images).astype("uint8"), names
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if not args.images and not args.sample:
+        raise UsageError("give image files or --sample N")
+    if args.images and args.sample:
+        raise UsageError("give either image files or --sample N, not both")
+    _import_keras()
+    from keras_densenet import export
+
+    images: Any = list(args.images)
+    truths: list[str | None] = [None] * len(images)
+    labels = list(args.images)
+    if args.sample:
+        images, names = _sample_images(args.sample)
+        truths = list(names)
+        labels = [f"sample test image {i}" for i in range(len(truths))]
+    results = export.predict(
+        args.model,
+        images,
+        top_k=args.top_k,
+        max_image_pixels=args.max_image_pixels,
+        allow_unsafe=args.allow_unsafe,
+    )
+    for label, truth, top in zip(labels, truths, results, strict=True):
+        guesses = ", ".join(f"{name} {prob:.3f}" for name, prob in top)
+        suffix = f" (true: {truth})" if truth is not None else ""
+        print(f"{label}{suffix}: {guesses}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import json
+
+    _import_keras()
+    from keras_densenet.analysis import block_table, format_table
+    from keras_densenet.models import build_densenet
+
+    architecture = _options(
+        args, ("depth", "blocks", "growth_rate", "compression", "bottleneck", "dropout_rate")
+    )
+    model = build_densenet(
+        args.preset,
+        **architecture,
+        input_shape=tuple(args.input_shape) if args.input_shape else None,
+        num_classes=args.num_classes,
+        memory_efficient=bool(args.memory_efficient),
+    )
+    print(json.dumps(block_table(model)) if args.json else format_table(model))
+    return 0
+
+
+def parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """Parses ``NAME=VALUE`` items of ``--fix`` and ``--range``.
+
+    Values are ints, floats or ``true``/``false``; a comma-separated list
+    becomes a tuple (a range ``8,48`` or ``8,48,4``, blocks ``6,12,24,16``).
+
+    Args:
+        items: The ``NAME=VALUE`` strings.
+        what: The flag, for error messages (e.g. ``"--fix"``).
+
+    Returns:
+        Name -> parsed value.
+
+    Raises:
+        UsageError: For an item without ``=`` or a value that is not a number
+            or boolean.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name or not text.strip():
+            raise UsageError(f"{what} expects NAME=VALUE, e.g. growth_rate=12; got {item!r}")
+        values = tuple(_scalar(v, item, what) for v in text.split(","))
+        parsed[name] = values if len(values) > 1 or name == "blocks" else values[0]
+    return parsed
+
+
+def _scalar(text: str, item: str, what: str) -> Any:
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            break
+        return value
+    raise UsageError(f"{what} value {text!r} in {item!r} is not a finite number or true/false")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    ranges = parse_assignments(args.ranges, "--range")
+    fixed = parse_assignments(args.fix, "--fix")
+    options = _read_config(args.config)
+    options.update(
+        _options(
+            args,
+            (
+                "dataset",
+                "data_dir",
+                "image_size",
+                "channels",
+                "download",
+                "validation_fraction",
+                "batch_size",
+                "steps_per_epoch",
+                "precision",
+                "jit_compile",
+                "seed",
+            ),
+        )
+    )
+    options["verbose"] = 0 if args.quiet else _verbosity(False)
+    max_trials, max_epochs = args.max_trials or 10, args.max_epochs or 20
+    if args.quick:
+        ranges = {**QUICK["ranges"], **ranges}
+        options.setdefault("steps_per_epoch", QUICK["steps_per_epoch"])
+        max_trials = args.max_trials or QUICK["max_trials"]
+        max_epochs = args.max_epochs or QUICK["max_epochs"]
+    base = TrainConfig.from_dict(options)  # checked before KerasTuner is imported
+    from keras_densenet.tuning.space import SearchSpace
+
+    SearchSpace({f: getattr(base, f) for f in ("depth", "blocks")}, ranges, fixed)
+    _import_keras()
+    from keras_densenet.tuning import tune
+
+    summary = tune(
+        base,
+        tuner=args.tuner,
+        max_trials=max_trials,
+        max_epochs=max_epochs,
+        factor=args.factor,
+        ranges=ranges,
+        fixed=fixed,
+        max_params=args.max_params,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    if summary["role"] == "worker":
+        print(f"worker {summary['tuner_id']} finished | search in {args.out}")
+        return 0
+    counts = (
+        f"{summary['trials']} trials: {summary['completed']} completed, "
+        f"{summary['pruned']} pruned, {summary['failed']} failed"
+    )
+    best = summary["best"]
+    if best is None:
+        fail(f"{PROG} tune: no trial completed ({counts}); see {summary['results_csv']}", 1)
+    arch = best["architecture"]
+    layout = f"L={arch['depth']}" if arch["depth"] else f"blocks {arch['blocks']}"
+    print(
+        f"best val accuracy {best['val_accuracy']:.4f} (trial {best['trial_id']}: {layout}, "
+        f"k={arch['growth_rate']}, theta={arch['compression']:.2f}, "
+        f"{best['trainable_params']:,} params) | {counts} | {summary['wall_time_s']:.0f} s | "
+        f"train it: {PROG} train --config {summary['best_config']}"
+    )
+    return 0
+
+
+#: Sub-command name -> the function that runs it.
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "summary": _summary,
+    "tune": _tune,
+    "export": _export,
+    "predict": _predict,
+}
+
+__all__ = ["COMMANDS", "parse_assignments"]
