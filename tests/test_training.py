@@ -20,6 +20,7 @@ from keras_densenet.training import (
     TrainingError,
     make_optimizer,
     resolve_jit_compile,
+    resolve_precision,
     train,
 )
 
@@ -163,30 +164,69 @@ def test_mixed_precision_wiring(tmp_path, precision):
     assert summary["optimizer"] == expected
 
 
-def test_jit_compile_run(tmp_path):
+def test_xla_with_mixed_float16_and_loss_scaling_trains_on_the_cpu(tmp_path):
+    """The GPU recipe (XLA + mixed_float16 + loss scaling), checked where there is no GPU."""
     summary = train(
         {
             **TINY,
             "epochs": 1,
             "steps_per_epoch": 3,
             "jit_compile": "on",
+            "precision": "mixed_float16",
             "out": str(tmp_path / "xla"),
             "verbose": 0,
         }
     )
     assert summary["jit_compile"] is True
-    assert np.isfinite(summary["final"]["loss"])
+    assert summary["optimizer"] == "LossScaleOptimizer"
+    assert summary["precision"] == "mixed_float16"
+    assert np.isfinite(summary["final"]["loss"]) and np.isfinite(summary["final"]["val_loss"])
 
 
 def test_resolve_jit_compile():
-    assert resolve_jit_compile("off") is False
-    assert resolve_jit_compile("on") is True
-    assert resolve_jit_compile("auto") is False  # no GPU here
-    assert resolve_jit_compile("auto", strategy=object()) is False
+    assert resolve_jit_compile("off", gpus=1) is False
+    assert resolve_jit_compile("on", gpus=0) is True
+    assert resolve_jit_compile("auto", gpus=0) is False
+    assert resolve_jit_compile("auto", gpus=2) is True  # XLA where a GPU is
+    assert resolve_jit_compile("auto", strategy=object(), gpus=2) is False
     with pytest.raises(ValueError, match="18666"):
         resolve_jit_compile("on", strategy=object(), precision="mixed_float16")
     with pytest.raises(ValueError, match="jit_compile"):
         TrainConfig(jit_compile="on", distribute="mirrored", precision="mixed_float16")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "cpu_bfloat16", "expected"),
+    [
+        ([(8, 0)], False, "mixed_float16"),  # tensor cores
+        ([(7, 0), (8, 6)], True, "mixed_float16"),
+        ([(6, 1)], True, "float32"),  # no tensor cores: float16 is no faster
+        ([], True, "mixed_bfloat16"),  # AVX512-BF16 / AMX
+        ([], False, "float32"),
+    ],
+)
+def test_auto_precision_follows_the_hardware(gpus, cpu_bfloat16, expected):
+    assert resolve_precision("auto", gpus=gpus, cpu_bfloat16=cpu_bfloat16) == expected
+    for fixed in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert resolve_precision(fixed, gpus=gpus, cpu_bfloat16=cpu_bfloat16) == fixed
+
+
+def test_auto_precision_on_this_machine(tmp_path):
+    with open("/proc/cpuinfo") as f:
+        has_bf16 = "avx512_bf16" in f.read()
+    summary = train(
+        {
+            **TINY,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "precision": "auto",
+            "out": str(tmp_path / "auto"),
+            "verbose": 0,
+        }
+    )
+    assert summary["precision"] == ("mixed_bfloat16" if has_bf16 else "float32")
+    with open(os.path.join(tmp_path, "auto", "config.json")) as f:
+        assert json.load(f)["precision"] == "auto"  # a resume on other hardware re-resolves
 
 
 def test_optimizer_follows_the_paper():

@@ -42,6 +42,7 @@ _EXPORTS = {
     "make_optimizer": "recipe",
     "make_strategy": "recipe",
     "resolve_jit_compile": "recipe",
+    "resolve_precision": "recipe",
     "train": "loop",
 }
 

@@ -33,7 +33,7 @@ from keras_densenet.architecture import (
 )
 from keras_densenet.presets import PRESETS
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 JIT_MODES = ("off", "on", "auto")
 SCHEDULES = ("step", "cosine")
 DISTRIBUTE = (None, "mirrored", "data_parallel")
@@ -145,7 +145,11 @@ class TrainConfig:
         warmup_epochs: Epochs of linear learning-rate warm-up (may be
             fractional); 0 for none.
         label_smoothing: Label smoothing in [0, 1).
-        precision: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``.
+        precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"`` or
+            ``"auto"``: mixed_float16 on a GPU of compute capability 7.0 or
+            newer, mixed_bfloat16 on a CPU with bfloat16 instructions
+            (AVX512-BF16 or AMX), float32 elsewhere (see
+            `keras_densenet.training.recipe.resolve_precision`).
         jit_compile: ``"off"``, ``"on"`` or ``"auto"`` (on where a GPU is
             present and no distribution strategy is active).
         distribute: None, ``"mirrored"`` (``tf.distribute.MirroredStrategy``
@@ -347,7 +351,15 @@ class TrainConfig:
     label_smoothing: float = _option(
         0.0, Rule("float", "label smoothing in [0, 1)", 0.0, 1.0, high_open=True, group=_OPT)
     )
-    precision: str = _option("float32", Rule("choice", "dtype policy", choices=PRECISIONS))
+    precision: str = _option(
+        "float32",
+        Rule(
+            "choice",
+            "dtype policy; auto: mixed_float16 on GPUs of compute capability >= 7.0, "
+            "mixed_bfloat16 on CPUs with bfloat16 instructions, else float32",
+            choices=PRECISIONS,
+        ),
+    )
     jit_compile: str = _option(
         "auto",
         Rule("choice", "XLA (auto: on with a GPU and no strategy)", choices=JIT_MODES),
@@ -399,12 +411,12 @@ class TrainConfig:
                 f"`warmup_epochs` must be at most `epochs`={self.epochs}, got {self.warmup_epochs}."
             )
         if (
-            self.precision == "mixed_float16"
+            self.precision in ("mixed_float16", "auto")
             and self.distribute == "mirrored"
             and self.jit_compile == "on"
         ):
             raise ValueError(
-                "`jit_compile='on'` with `precision='mixed_float16'` and "
+                "`jit_compile='on'` with `precision='mixed_float16'` (or 'auto') and "
                 "`distribute='mirrored'` crashes in Keras 3 (keras-team/keras#18666, #20763): "
                 "use jit_compile 'off'/'auto', mixed_bfloat16, or no strategy."
             )

@@ -37,6 +37,7 @@ from keras_densenet.training.recipe import (
     make_optimizer,
     make_strategy,
     resolve_jit_compile,
+    resolve_precision,
 )
 
 
@@ -401,7 +402,8 @@ def describe_run(
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
         f"{info.num_classes} classes) | {model.name} ({trainable:,} trainable params) | "
         f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
-        f"{config.precision}, XLA {'on' if jit else 'off'} | {config.out}{resumed}"
+        f"{resolve_precision(config.precision)}, XLA {'on' if jit else 'off'} | "
+        f"{config.out}{resumed}"
     )
 
 
@@ -466,7 +468,7 @@ def _finish_run(
         "bn_momentum": config.bn_momentum,
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "precision": config.precision,
+        "precision": resolve_precision(config.precision),
         "optimizer": type(model.optimizer).__name__,
         "jit_compile": jit,
         "replicas": replicas,

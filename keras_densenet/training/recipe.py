@@ -22,18 +22,88 @@ from keras_densenet.training.config import JIT_MODES, TrainConfig
 REFERENCE_BATCH = 64
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), on Linux.
+
+    oneDNN runs bfloat16 convolutions natively there; elsewhere bfloat16 is
+    emulated and slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """Compute capabilities of the visible GPUs (empty without a GPU)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            found.append(tuple(details.get("compute_capability", (0, 0))))
+        return found
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return [tuple(map(int, str(d.compute_capability).split("."))) for d in gpus]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def resolve_precision(
+    precision: str,
+    *,
+    gpus: list[tuple[int, int]] | None = None,
+    cpu_bfloat16: bool | None = None,
+) -> str:
+    """The dtype policy a ``precision`` option stands for on this machine.
+
+    ``"auto"`` gives ``"mixed_float16"`` where every GPU has compute
+    capability 7.0 or newer (tensor cores), ``"mixed_bfloat16"`` on a
+    GPU-less machine whose CPU has bfloat16 instructions (measured faster
+    than float32 at equal accuracy: benchmarks/RESULTS.md), and
+    ``"float32"`` elsewhere. Other values are returned as they are.
+
+    Args:
+        precision: ``"auto"`` or a policy name.
+        gpus: The GPUs' compute capabilities; None asks the backend.
+        cpu_bfloat16: Whether the CPU has bfloat16 instructions; None reads
+            ``/proc/cpuinfo``.
+
+    Returns:
+        A Keras dtype policy name.
+    """
+    if precision != "auto":
+        return precision
+    gpus = gpu_compute_capabilities() if gpus is None else gpus
+    if gpus:
+        return "mixed_float16" if min(gpus) >= (7, 0) else "float32"
+    bf16 = cpu_has_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16
+    return "mixed_bfloat16" if bf16 else "float32"
+
+
 @contextlib.contextmanager
 def dtype_policy(name: str) -> Iterator[None]:
     """Sets the global Keras dtype policy for a block, then restores it.
 
     Args:
-        name: A policy name, e.g. ``"mixed_bfloat16"``.
+        name: A policy name, e.g. ``"mixed_bfloat16"``, or ``"auto"`` (see
+            `resolve_precision`).
 
     Yields:
         Nothing.
     """
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_dtype_policy(name)
+    keras.mixed_precision.set_dtype_policy(resolve_precision(name))
     try:
         yield
     finally:
@@ -124,7 +194,7 @@ def resolve_jit_compile(
     if mode not in JIT_MODES:
         raise ValueError(f"`jit_compile` must be one of {JIT_MODES}, got {mode!r}.")
     if mode == "on":
-        if strategy is not None and precision == "mixed_float16":
+        if strategy is not None and resolve_precision(precision) == "mixed_float16":
             raise ValueError(
                 "XLA with mixed_float16 under MirroredStrategy crashes (keras-team/keras#18666)."
             )
@@ -232,9 +302,12 @@ def make_optimizer(
 __all__ = [
     "REFERENCE_BATCH",
     "LinearWarmup",
+    "cpu_has_bfloat16",
     "data_parallel",
     "dtype_policy",
+    "gpu_compute_capabilities",
     "make_optimizer",
     "make_strategy",
     "resolve_jit_compile",
+    "resolve_precision",
 ]
