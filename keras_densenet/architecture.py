@@ -26,6 +26,8 @@ from keras_densenet.presets import CIFAR_STEM, IMAGENET_STEM, PRESETS, STEMS
 #: BatchNormalization epsilon of ``keras.applications.DenseNet*``: kept, so
 #: its published weights give identical outputs.
 BN_EPSILON = 1.001e-5
+#: PyTorch's BatchNormalization epsilon (torchvision and timm weights).
+TORCH_BN_EPSILON = 1e-5
 #: Default BatchNormalization momentum (Keras convention: the weight of the
 #: old moving average). 0.9 is PyTorch's 0.1 and the paper's Torch default;
 #: with keras.applications' 0.99 the moving statistics of a short run still
@@ -67,6 +69,16 @@ def compressed_channels(channels: int, compression: float) -> int:
     """
     # 0.29 * 100 == 28.999999999999996 in floating point; the paper means 29.
     return math.floor(channels * compression + 1e-9)
+
+
+def check_bn_epsilon(value: Any) -> float:
+    """Validates a BatchNormalization epsilon: a finite number in (0, 1).
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is outside (0, 1).
+    """
+    return check_float("bn_epsilon", value, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def check_bn_momentum(value: Any) -> float:
@@ -390,7 +402,9 @@ __all__ = [
     "MAX_WIDTH",
     "POOLINGS",
     "RECALIBRATION_STEPS",
+    "TORCH_BN_EPSILON",
     "blocks_from_depth",
+    "check_bn_epsilon",
     "check_bn_momentum",
     "check_compression",
     "compressed_channels",

@@ -19,6 +19,7 @@ from keras_densenet.architecture import (
     BN_EPSILON,
     BN_MOMENTUM,
     LEGACY_BN_MOMENTUM,
+    check_bn_epsilon,
     check_bn_momentum,
     check_compression,
     compressed_channels,
@@ -50,7 +51,7 @@ def _shape_of_inputs(input_shape: Any) -> tuple[int | None, ...]:
 def _bn(name: str, layer: keras.layers.Layer) -> keras.layers.BatchNormalization:
     return keras.layers.BatchNormalization(
         axis=-1,
-        epsilon=BN_EPSILON,
+        epsilon=layer.bn_epsilon,
         momentum=layer.bn_momentum,
         name=name,
         dtype=layer.dtype_policy,
@@ -89,11 +90,13 @@ class _DenseNetLayer(keras.layers.Layer):
         bn_momentum: float,
         kernel_initializer: Any,
         kernel_regularizer: Any,
+        bn_epsilon: float = BN_EPSILON,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dropout_rate = check_rate("dropout_rate", dropout_rate)
         self.bn_momentum = check_bn_momentum(bn_momentum)
+        self.bn_epsilon = check_bn_epsilon(bn_epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
@@ -106,6 +109,7 @@ class _DenseNetLayer(keras.layers.Layer):
             self._own_config(),
             dropout_rate=self.dropout_rate,
             bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
         )
@@ -168,6 +172,8 @@ class DenseLayer(_GrowthLayer):
             (-Conv1x1) in the backward pass instead of storing them.
         bn_momentum: Momentum of the BatchNormalization moving statistics,
             in [0, 1) (Keras convention; default 0.9, PyTorch's 0.1).
+        bn_epsilon: BatchNormalization epsilon (default keras.applications'
+            1.001e-5; PyTorch's is 1e-5).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -189,6 +195,7 @@ class DenseLayer(_GrowthLayer):
         dropout_rate: float = 0.0,
         memory_efficient: bool = False,
         bn_momentum: float = BN_MOMENTUM,
+        bn_epsilon: float = BN_EPSILON,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
@@ -200,6 +207,7 @@ class DenseLayer(_GrowthLayer):
             memory_efficient,
             dropout_rate=dropout_rate,
             bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
             kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer,
             **kwargs,
@@ -322,6 +330,7 @@ class DenseBlock(_GrowthLayer):
             backward pass; memory then grows linearly with depth.
         bn_momentum: Momentum of the BatchNormalization moving statistics,
             in [0, 1) (Keras convention; default 0.9).
+        bn_epsilon: BatchNormalization epsilon (default 1.001e-5).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -344,6 +353,7 @@ class DenseBlock(_GrowthLayer):
         dropout_rate: float = 0.0,
         memory_efficient: bool = False,
         bn_momentum: float = BN_MOMENTUM,
+        bn_epsilon: float = BN_EPSILON,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
@@ -355,6 +365,7 @@ class DenseBlock(_GrowthLayer):
             memory_efficient,
             dropout_rate=dropout_rate,
             bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
             kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer,
             **kwargs,
@@ -368,6 +379,7 @@ class DenseBlock(_GrowthLayer):
                 dropout_rate=self.dropout_rate,
                 memory_efficient=memory_efficient,
                 bn_momentum=self.bn_momentum,
+                bn_epsilon=self.bn_epsilon,
                 kernel_initializer=self.kernel_initializer,
                 kernel_regularizer=self.kernel_regularizer,
                 name=f"{self.name}_block{i + 1}",
@@ -417,6 +429,7 @@ class TransitionLayer(_DenseNetLayer):
         dropout_rate: Dropout after the convolution, in [0, 1).
         bn_momentum: Momentum of the BatchNormalization moving statistics,
             in [0, 1) (Keras convention; default 0.9).
+        bn_epsilon: BatchNormalization epsilon (default 1.001e-5).
         kernel_initializer: Initializer of the convolution kernel.
         kernel_regularizer: Optional regularizer of the convolution kernel.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
@@ -436,6 +449,7 @@ class TransitionLayer(_DenseNetLayer):
         compression: float = 0.5,
         dropout_rate: float = 0.0,
         bn_momentum: float = BN_MOMENTUM,
+        bn_epsilon: float = BN_EPSILON,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
         **kwargs: Any,
@@ -443,6 +457,7 @@ class TransitionLayer(_DenseNetLayer):
         super().__init__(
             dropout_rate=dropout_rate,
             bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
             kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer,
             **kwargs,

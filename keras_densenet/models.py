@@ -20,7 +20,9 @@ from keras_densenet.architecture import (
     BN_MOMENTUM,
     MAX_CLASSES,
     POOLINGS,
+    TORCH_BN_EPSILON,
     blocks_from_depth,
+    check_bn_epsilon,
     check_bn_momentum,
     min_input_size,
     model_name,
@@ -48,6 +50,17 @@ def _check_head(
             ) from err
 
 
+#: File endings of PyTorch checkpoints `build_densenet` accepts as ``weights``.
+TORCH_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def is_torch_weights(weights: Any) -> bool:
+    """Whether ``weights`` names a PyTorch checkpoint (by its file ending)."""
+    return isinstance(weights, (str, os.PathLike)) and os.fspath(weights).endswith(
+        TORCH_WEIGHT_SUFFIXES
+    )
+
+
 def _check_weights(weights: Any) -> None:
     if weights is None:
         return
@@ -56,10 +69,10 @@ def _check_weights(weights: Any) -> None:
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise ValueError(f"`weights` file not found: {path!r}.")
-    if not path.endswith(".h5"):
+    if not (path.endswith(".h5") or is_torch_weights(path)):
         raise ValueError(
-            f"`weights` must be a Keras `.weights.h5` file or a keras.applications "
-            f"legacy `.h5` file, got {path!r}."
+            f"`weights` must be a Keras `.weights.h5` file, a keras.applications legacy `.h5` "
+            f"file or a PyTorch checkpoint ({', '.join(TORCH_WEIGHT_SUFFIXES)}), got {path!r}."
         )
 
 
@@ -97,6 +110,7 @@ def build_densenet(
     dropout_rate: float | None = None,
     memory_efficient: bool = False,
     bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float | None = None,
     input_shape: tuple[int | None, int | None, int] | None = None,
     include_top: bool = True,
     pooling: str | None = None,
@@ -135,6 +149,9 @@ def build_densenet(
             0.1). keras.applications uses 0.99, which after a short run
             leaves the statistics of the untrained network; momentum does
             not change inference, so its weights give identical outputs.
+        bn_epsilon: Epsilon of every BatchNormalization (default
+            keras.applications' 1.001e-5, or PyTorch's 1e-5 when ``weights``
+            is a PyTorch checkpoint).
         input_shape: ``(height, width, channels)``; None dims allowed. Default
             ``(224, 224, 3)`` (ImageNet stem) or ``(32, 32, 3)`` (CIFAR stem).
         include_top: Add global average pooling and the classifier.
@@ -143,8 +160,11 @@ def build_densenet(
             the ImageNet stem and 10 for the CIFAR stem).
         classifier_activation: Activation of the classifier; it always
             computes in float32 so mixed precision gives float32 outputs.
-        weights: None, a Keras ``.weights.h5`` file, or a keras.applications
-            legacy ``.h5`` weights file (loaded by layer name).
+        weights: None, a Keras ``.weights.h5`` file, a keras.applications
+            legacy ``.h5`` weights file (loaded by layer name), or a PyTorch
+            checkpoint of torchvision's or timm's DenseNet (``.pth``,
+            ``.pt``, ``.bin`` or ``.safetensors``; see
+            `keras_densenet.weights.load_torch_weights`).
         kernel_regularizer: Optional regularizer for every convolution kernel.
         normalization: Optional per-channel ``(mean, std)`` of the training
             data; the model then normalizes raw pixel values itself with a
@@ -182,6 +202,9 @@ def build_densenet(
     )
     _check_head(include_top, pooling, config["num_classes"], classifier_activation)
     bn_momentum = check_bn_momentum(bn_momentum)
+    if bn_epsilon is None:  # PyTorch checkpoints were trained with PyTorch's epsilon
+        bn_epsilon = TORCH_BN_EPSILON if is_torch_weights(weights) else BN_EPSILON
+    bn_epsilon = check_bn_epsilon(bn_epsilon)
     _check_weights(weights)
     norm = _check_normalization(normalization, config["input_shape"][-1])
 
@@ -192,7 +215,7 @@ def build_densenet(
         x = keras.layers.Normalization(
             axis=-1, mean=mean, variance=[s * s for s in std], name="normalization"
         )(x)
-    x = _stem(x, config, kernel_regularizer, bn_momentum)
+    x = _stem(x, config, kernel_regularizer, bn_momentum, bn_epsilon)
     block_args = {
         "growth_rate": config["growth_rate"],
         "bottleneck": config["bottleneck"],
@@ -200,6 +223,7 @@ def build_densenet(
         "dropout_rate": config["dropout_rate"],
         "memory_efficient": memory_efficient,
         "bn_momentum": bn_momentum,
+        "bn_epsilon": bn_epsilon,
         "kernel_regularizer": kernel_regularizer,
     }
     for i, num_layers in enumerate(config["blocks"]):
@@ -209,10 +233,11 @@ def build_densenet(
                 config["compression"],
                 dropout_rate=config["dropout_rate"],
                 bn_momentum=bn_momentum,
+                bn_epsilon=bn_epsilon,
                 kernel_regularizer=kernel_regularizer,
                 name=f"pool{i + 2}",
             )(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")(x)
     x = keras.layers.Activation("relu", name="relu")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -236,7 +261,13 @@ def build_densenet(
     return model
 
 
-def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any, bn_momentum: float) -> Any:
+def _stem(
+    inputs: Any,
+    config: dict[str, Any],
+    kernel_regularizer: Any,
+    bn_momentum: float,
+    bn_epsilon: float,
+) -> Any:
     conv_args = {
         "use_bias": False,
         "kernel_initializer": "he_normal",
@@ -248,7 +279,7 @@ def _stem(inputs: Any, config: dict[str, Any], kernel_regularizer: Any, bn_momen
         return keras.layers.Conv2D(features, 3, padding="same", **conv_args)(inputs)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(features, 7, strides=2, **conv_args)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="conv1_bn")(
+    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="conv1_bn")(
         x
     )
     x = keras.layers.Activation("relu", name="conv1_relu")(x)

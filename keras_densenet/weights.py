@@ -1,26 +1,31 @@
-"""Loading weights, including the ``keras.applications`` ImageNet files.
+"""Loading weights: Keras files, keras.applications' ImageNet files, PyTorch checkpoints.
 
 ``keras.applications`` publishes DenseNet-121/169/201 ImageNet weights as
 legacy HDF5 files: one group per layer name, each with a ``weight_names``
 attribute listing its arrays in order. The models built here use the same
-layer names, so those arrays map one to one onto our variables. Nothing here
-downloads anything: users fetch the file themselves.
+layer names, so those arrays map one to one onto our variables.
+
+PyTorch's DenseNets (torchvision's DenseNet-121/161/169/201, timm's
+``densenet*`` checkpoints, fine-tuned state dicts) load with
+`load_torch_weights`: each ``features.denseblock{b}.denselayer{i}.norm1`` ...
+key maps to the keras.applications name of the same tensor, kernels are
+transposed from PyTorch's (out, in, h, w) to Keras's (h, w, in, out), and
+``num_batches_tracked`` is dropped. A ``.pth`` file is read with
+``torch.load(weights_only=True)`` (never plain pickle), a ``.safetensors``
+file with the ``safetensors`` package (no PyTorch needed).
+
+Nothing here downloads anything: users fetch the files themselves.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 import numpy as np
-
-#: Where keras.applications publishes the DenseNet ImageNet weights; download
-#: them yourself (e.g. ``keras.utils.get_file``) and pass the local path.
-KERAS_APPLICATIONS_WEIGHTS_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
-    "{name}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
-)
 
 
 def _leaf_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
@@ -123,7 +128,7 @@ def load_keras_applications_weights(
 
 
 def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
-    """Loads a Keras ``.weights.h5`` or a keras.applications legacy ``.h5`` file.
+    """Loads a Keras ``.weights.h5``, a keras.applications ``.h5`` or a PyTorch checkpoint.
 
     Args:
         model: The model to load into.
@@ -142,5 +147,229 @@ def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
             raise ValueError(
                 f"Cannot load weights file {path!r} into {model.name!r}: {err}"
             ) from err
+    elif path.endswith((".pth", ".pt", ".bin", ".safetensors")):
+        load_torch_weights(model, path)
     else:
         load_keras_applications_weights(model, path)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch checkpoints
+
+# Old torchvision checkpoints name dense-layer parameters `norm.1` instead of
+# `norm1` (torchvision's own loader rewrites them the same way).
+_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+_SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _to_numpy(value: Any, key: str, what: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor
+        value = (
+            value.detach().cpu().float().numpy()
+            if value.is_floating_point()
+            else (value.detach().cpu().numpy())
+        )
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise ValueError(f"{what} is not a state dict: {key!r} holds a {type(value).__name__}.")
+    return array
+
+
+def _read_torch_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ValueError(f"PyTorch checkpoint not found: {path!r}.")
+    if path.endswith(_SAFETENSORS_SUFFIX):
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as err:
+            raise ImportError(
+                "Reading .safetensors files needs the safetensors package: pip install safetensors."
+            ) from err
+        try:
+            return load_file(path)
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise ValueError(
+                f"{path!r} is not a readable .safetensors file (truncated or another format): {err}"
+            ) from err
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            f"Reading {path!r} needs PyTorch (pip install torch), or convert it to .safetensors."
+        ) from err
+    try:
+        # weights_only: tensors and containers only, never arbitrary pickled code.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch state dict (truncated, another format, or a "
+            f"pickle of objects other than tensors): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+def read_torch_state_dict(source: Any) -> dict[str, np.ndarray]:
+    """A PyTorch state dict as NumPy arrays, with old-style keys renamed.
+
+    Args:
+        source: A state dict (name -> tensor or array), or the path of a
+            ``.pth``/``.pt``/``.bin`` file (read with
+            ``torch.load(weights_only=True)``) or a ``.safetensors`` file. A
+            checkpoint that wraps its state dict (``{"state_dict": ...}`` or
+            ``{"model": ...}``) is unwrapped.
+
+    Returns:
+        Key -> float32 array, ``num_batches_tracked`` dropped, and
+        ``norm.1``-style keys of old torchvision checkpoints renamed.
+
+    Raises:
+        ValueError: Naming the file, if it is missing, unreadable, or not a
+            state dict.
+        TypeError: If ``source`` is neither a mapping nor a path.
+        ImportError: If the file needs a package that is not installed.
+    """
+    what = "the state dict"
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        what = f"PyTorch checkpoint {path!r}"
+        source = _read_torch_file(path)
+    elif not isinstance(source, Mapping):
+        raise TypeError(
+            "`source` must be a state dict or a .pth/.safetensors path, got "
+            f"{type(source).__name__}."
+        )
+    if isinstance(source, Mapping):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(source.get(wrapper), Mapping):
+                source = source[wrapper]
+                break
+    if not isinstance(source, Mapping) or not source or not all(isinstance(k, str) for k in source):
+        raise ValueError(f"{what} is not a state dict (a mapping of names to tensors).")
+    arrays = {}
+    for key, value in source.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        name = _OLD_KEY.sub(r"\1\2", key).removeprefix("module.")  # DataParallel's prefix
+        array = _to_numpy(value, key, what)
+        arrays[name] = array.astype(np.float32) if array.dtype.kind == "f" else array
+    return arrays
+
+
+def _torch_names(layer_name: str) -> tuple[str, str] | None:
+    """``(torch prefix, kind)`` of a keras.applications-named layer, or None."""
+    if layer_name == "conv1_conv":
+        return "features.conv0", "conv"
+    if layer_name == "conv1_bn":
+        return "features.norm0", "bn"
+    if layer_name == "bn":
+        return "features.norm5", "bn"
+    if layer_name == "predictions":
+        return "classifier", "dense"
+    match = re.fullmatch(r"conv(\d+)_block(\d+)_([012])_(bn|conv)", layer_name)
+    if match:
+        block, layer, index, kind = match.groups()
+        part = {
+            ("0", "bn"): "norm1",
+            ("1", "conv"): "conv1",
+            ("1", "bn"): "norm2",
+            ("2", "conv"): "conv2",
+        }.get((index, kind))
+        if part is None:
+            return None
+        prefix = f"features.denseblock{int(block) - 1}.denselayer{layer}.{part}"
+        return prefix, kind
+    match = re.fullmatch(r"pool(\d+)_(bn|conv)", layer_name)
+    if match:
+        stage, kind = match.groups()
+        part = "norm" if kind == "bn" else "conv"
+        return f"features.transition{int(stage) - 1}.{part}", kind
+    return None
+
+
+def _torch_arrays(prefix: str, kind: str, state: dict[str, np.ndarray]) -> list[tuple[str, Any]]:
+    """The (key, Keras-layout array or None if missing) pairs of one layer."""
+    if kind == "bn":
+        keys = [f"{prefix}.{k}" for k in _BN_KEYS]
+        return [(k, state.get(k)) for k in keys]
+    weight = state.get(f"{prefix}.weight")
+    if kind == "conv":  # (out, in, h, w) -> (h, w, in, out)
+        return [(f"{prefix}.weight", None if weight is None else weight.transpose(2, 3, 1, 0))]
+    bias = state.get(f"{prefix}.bias")
+    return [(f"{prefix}.weight", None if weight is None else weight.T), (f"{prefix}.bias", bias)]
+
+
+def load_torch_weights(model: keras.Model, source: Any) -> None:
+    """Puts a PyTorch DenseNet's weights (torchvision, timm) into a matching model.
+
+    Covers torchvision's DenseNet-121/161/169/201 state dicts (old
+    ``norm.1``-style keys included) and timm's ``densenet*`` checkpoints,
+    which use the same names. Build the model with PyTorch's BatchNorm epsilon
+    so outputs match exactly: ``build_densenet("densenet121",
+    bn_epsilon=1e-5)`` (``build_densenet(..., weights="x.pth")`` does it
+    itself), and give it torchvision's preprocessing
+    (`keras_densenet.preprocessing`). A model without a classifier
+    (``include_top=False``) takes the features and ignores ``classifier.*``.
+
+    Every tensor is checked before anything is changed, so a mismatch leaves
+    the model as it was.
+
+    Args:
+        model: A model from `build_densenet` with the checkpoint's
+            architecture (e.g. preset ``"densenet161"`` for torchvision's
+            densenet161).
+        source: A state dict, or a ``.pth``/``.pt``/``.bin``/``.safetensors``
+            file (see `read_torch_state_dict`).
+
+    Raises:
+        ValueError: For an unreadable source, a key the model lacks or that
+            the source lacks, or a shape mismatch (the message names the first
+            mismatching tensor and both shapes).
+        TypeError: If ``source`` is neither a mapping nor a path.
+    """
+    state = read_torch_state_dict(source)
+    layers = _leaf_layers(model)
+    order = {key: i for i, key in enumerate(state)}
+    mapped = []
+    for name, layer in layers.items():
+        names = _torch_names(name)
+        if names is None:
+            if name == "normalization":
+                continue
+            raise ValueError(
+                f"Model layer {name!r} has no counterpart in a PyTorch DenseNet: "
+                "build the model with `build_densenet` (keras.applications layer names)."
+            )
+        mapped.append((order.get(f"{names[0]}.weight", len(order)), name, layer, names))
+    plan = []
+    used: set[str] = set()
+    # In the checkpoint's own order, so the first mismatch named is the first one there.
+    for _, name, layer, names in sorted(mapped, key=lambda item: item[0]):
+        pairs = _torch_arrays(*names, state)
+        for (key, array), variable in zip(pairs, layer.weights, strict=True):
+            if array is None:
+                raise ValueError(
+                    f"The PyTorch state dict has no {key!r} for model layer {name!r}: it is "
+                    "not a checkpoint of this architecture."
+                )
+            if tuple(array.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"Architecture mismatch at {key!r}: the checkpoint has shape "
+                    f"{tuple(state[key].shape)} (PyTorch layout), model layer {name!r} expects "
+                    f"{tuple(variable.shape)} (Keras layout)."
+                )
+            used.add(key)
+        plan.append((layer, [array for _, array in pairs]))
+    ignored = (
+        {k for k in state if k.startswith("classifier.")} if "predictions" not in layers else set()
+    )
+    extra = sorted(set(state) - used - ignored)
+    if extra:
+        raise ValueError(
+            f"The PyTorch state dict has {len(extra)} tensor(s) the model lacks, e.g. "
+            f"{extra[:3]}: it is not a checkpoint of this architecture."
+        )
+    for layer, arrays in plan:
+        layer.set_weights(arrays)

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from keras_densenet.evaluation import SPLITS
 from keras_densenet.export.model import QUANTIZATIONS, SERVING_DTYPES
 from keras_densenet.images import MAX_PIXELS
+from keras_densenet.presets import PRESETS
 from keras_densenet.training.config import OPTIONS, Rule, TrainConfig
 from keras_densenet.tuning.space import QUICK, SEARCH_SPACE, TUNERS
 
@@ -377,6 +378,32 @@ def _add_tune(sub: Any) -> None:
     tune.add_argument("--quiet", action="store_true", help="no trial tables or progress")
 
 
+def _add_convert_weights(sub: Any) -> None:
+    convert = sub.add_parser(
+        "convert-weights",
+        help="convert a PyTorch DenseNet checkpoint (torchvision, timm) to a Keras .weights.h5",
+        description="Convert a torchvision or timm DenseNet state dict (.pth read with "
+        "torch.load(weights_only=True), or .safetensors) into a Keras weights file for "
+        "build_densenet(PRESET, bn_epsilon=1e-5, weights=OUT).",
+    )
+    convert.add_argument("source", help="the PyTorch checkpoint (.pth, .pt, .bin, .safetensors)")
+    convert.add_argument("out", help="the Keras weights file to write (.weights.h5)")
+    convert.add_argument(
+        "--preset",
+        required=True,
+        choices=[name for name in PRESETS if not name.startswith("densenet_")],
+        help="the architecture of the checkpoint",
+    )
+    convert.add_argument(
+        "--num-classes", type=_int(1, 1_000_000), help="classifier outputs (default: the preset's)"
+    )
+    convert.add_argument(
+        "--no-top",
+        action="store_true",
+        help="features only: leave the classifier out (include_top=False)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``keras-densenet`` argument parser.
 
@@ -388,7 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="DenseNets for Keras 3: train, evaluate, summarize, tune, export and predict.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_add_train, _add_evaluate, _add_summary, _add_tune, _add_export, _add_predict):
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_summary,
+        _add_tune,
+        _add_export,
+        _add_predict,
+        _add_convert_weights,
+    ):
         add(sub)
     return parser
 

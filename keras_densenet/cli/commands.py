@@ -349,6 +349,32 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_weights(args: argparse.Namespace) -> int:
+    if not args.out.endswith(".weights.h5"):
+        raise UsageError(f"the output must be a Keras .weights.h5 file, got {args.out!r}")
+    if not os.path.isfile(args.source):
+        raise UsageError(f"PyTorch checkpoint not found: {args.source!r}")
+    _import_keras()
+    from keras_densenet import _io
+    from keras_densenet.architecture import TORCH_BN_EPSILON
+    from keras_densenet.models import build_densenet
+    from keras_densenet.weights import load_torch_weights
+
+    model = build_densenet(
+        args.preset,
+        num_classes=args.num_classes,
+        include_top=not args.no_top,
+        bn_epsilon=TORCH_BN_EPSILON,
+    )
+    load_torch_weights(model, args.source)
+    _io.save_model(model, args.out)
+    print(
+        f"wrote {args.out}: build_densenet({args.preset!r}, bn_epsilon={TORCH_BN_EPSILON}"
+        f"{', include_top=False' if args.no_top else ''}, weights={args.out!r})"
+    )
+    return 0
+
+
 #: Sub-command name -> the function that runs it.
 COMMANDS = {
     "train": _train,
@@ -357,6 +383,7 @@ COMMANDS = {
     "tune": _tune,
     "export": _export,
     "predict": _predict,
+    "convert-weights": _convert_weights,
 }
 
 __all__ = ["COMMANDS", "parse_assignments"]

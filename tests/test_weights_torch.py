@@ -1,0 +1,258 @@
+"""PyTorch checkpoints (torchvision, timm layout) load into the matching presets.
+
+The PyTorch side is a torchvision-equivalent DenseNet written here (the CPU
+build of torch has no torchvision), randomly initialised, running statistics
+included, saved as ``.pth`` and ``.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from keras_densenet import build_densenet
+from keras_densenet.weights import load_torch_weights, read_torch_state_dict
+
+try:
+    import torch
+except ImportError as err:  # a required test dependency: fail, do not skip
+    raise ImportError(
+        "These tests need PyTorch's CPU build: bash .ci/setup installs torch==2.13.0+cpu"
+    ) from err
+nn = torch.nn
+
+ARCHITECTURES = {
+    "densenet121": (32, (6, 12, 24, 16), 64),
+    "densenet161": (48, (6, 12, 36, 24), 96),
+    "densenet169": (32, (6, 12, 32, 32), 64),
+    "densenet201": (32, (6, 12, 48, 32), 64),
+}
+
+
+class _Layer(nn.Module):
+    def __init__(self, channels: int, growth: int, bn_size: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(channels, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        x = torch.cat(features, 1)
+        x = self.conv1(self.relu1(self.norm1(x)))
+        return self.conv2(self.relu2(self.norm2(x)))
+
+
+class _Block(nn.ModuleDict):
+    def __init__(self, layers: int, channels: int, growth: int) -> None:
+        super().__init__(
+            {f"denselayer{i + 1}": _Layer(channels + i * growth, growth) for i in range(layers)}
+        )
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, channels: int, out: int) -> None:
+        super().__init__(
+            OrderedDict(
+                norm=nn.BatchNorm2d(channels),
+                relu=nn.ReLU(),
+                conv=nn.Conv2d(channels, out, 1, bias=False),
+                pool=nn.AvgPool2d(2, 2),
+            )
+        )
+
+
+class TorchDenseNet(nn.Module):
+    """torchvision's DenseNet layout: features.{conv0,norm0,denseblockN,transitionN,norm5}."""
+
+    def __init__(self, growth: int, blocks: tuple[int, ...], stem: int, classes: int = 1000):
+        super().__init__()
+        parts = OrderedDict(
+            conv0=nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False),
+            norm0=nn.BatchNorm2d(stem),
+            relu0=nn.ReLU(),
+            pool0=nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        channels = stem
+        for i, layers in enumerate(blocks):
+            parts[f"denseblock{i + 1}"] = _Block(layers, channels, growth)
+            channels += layers * growth
+            if i < len(blocks) - 1:
+                parts[f"transition{i + 1}"] = _Transition(channels, channels // 2)
+                channels //= 2
+        parts["norm5"] = nn.BatchNorm2d(channels)
+        self.features = nn.Sequential(parts)
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.features(x))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _random_torch_densenet(name: str, seed: int = 0) -> TorchDenseNet:
+    torch.manual_seed(seed)
+    net = TorchDenseNet(*ARCHITECTURES[name])
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):  # statistics a trained net would have
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _logits(net: TorchDenseNet, images: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_torchvision_checkpoints_give_the_same_logits(tmp_path, name):
+    from safetensors.torch import save_file
+
+    net = _random_torch_densenet(name)
+    images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    expected = _logits(net, images)
+    pth = tmp_path / f"{name}.pth"
+    torch.save(net.state_dict(), pth)
+    safetensors = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, safetensors)
+    for source in (pth, safetensors, net.state_dict()):
+        model = build_densenet(
+            name, input_shape=(64, 64, 3), bn_epsilon=1e-5, classifier_activation=None
+        )
+        load_torch_weights(model, source)
+        got = np.asarray(model(images, training=False))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=str(source))
+    # weights= on the builder picks PyTorch's BN epsilon itself.
+    model = build_densenet(name, input_shape=(64, 64, 3), weights=str(pth))
+    assert model.get_layer("bn").epsilon == 1e-5
+    probabilities = np.asarray(model(images, training=False))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_old_key_format_and_features_only(tmp_path):
+    net = _random_torch_densenet("densenet121", seed=3)
+    state = net.state_dict()
+    old = OrderedDict()
+    for key, value in state.items():
+        for part in ("norm1", "conv1", "norm2", "conv2"):
+            key = (
+                key.replace(f".{part}.", f".{part[:-1]}.{part[-1]}.")
+                if "denselayer" in key
+                else key
+            )
+        old[key] = value
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    arrays = read_torch_state_dict(path)
+    assert "features.denseblock1.denselayer1.norm1.weight" in arrays
+    assert not any(k.endswith("num_batches_tracked") for k in arrays)
+    images = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    full = build_densenet(
+        "densenet121", input_shape=(64, 64, 3), bn_epsilon=1e-5, classifier_activation=None
+    )
+    load_torch_weights(full, path)
+    np.testing.assert_allclose(
+        np.asarray(full(images, training=False)), _logits(net, images), rtol=1e-4, atol=1e-4
+    )
+    features = build_densenet(
+        "densenet121", input_shape=(64, 64, 3), bn_epsilon=1e-5, include_top=False
+    )
+    load_torch_weights(features, path)  # the classifier is left out
+    with torch.inference_mode():
+        expected = torch.relu(net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))))
+    np.testing.assert_allclose(
+        np.asarray(features(images, training=False)),
+        expected.numpy().transpose(0, 2, 3, 1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.reliability("bad_input")
+def test_mismatched_and_broken_checkpoints_change_nothing(tmp_path):
+    model = build_densenet("densenet121", input_shape=(64, 64, 3), bn_epsilon=1e-5)
+    before = [w.copy() for w in model.get_weights()]
+    other = tmp_path / "densenet169.pth"
+    torch.save(_random_torch_densenet("densenet169").state_dict(), other)
+    good = _random_torch_densenet("densenet121").state_dict()
+    missing = OrderedDict(good)
+    del missing["features.norm5.running_var"]
+    extra = OrderedDict(good, **{"features.extra.weight": torch.zeros(3)})
+    ten = OrderedDict(good)
+    ten["classifier.weight"], ten["classifier.bias"] = torch.zeros(10, 1024), torch.zeros(10)
+    truncated = tmp_path / "truncated.pth"
+    torch.save(good, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], not_a_dict)
+    cases = [
+        (other, "'features.transition3.norm.weight': the checkpoint has shape (1280,)"),
+        (missing, "features.norm5.running_var"),
+        (extra, "features.extra.weight"),
+        (ten, "(10, 1024)"),
+        (truncated, "truncated.pth"),
+        (text, "notes.pth"),
+        (not_a_dict, "not a state dict"),
+        (tmp_path / "absent.safetensors", "not found"),
+    ]
+    for source, needle in cases:
+        with pytest.raises(ValueError, match=None) as err:
+            load_torch_weights(model, source)
+        assert needle in str(err.value), (source, str(err.value))
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_convert_weights_command(tmp_path):
+    net = _random_torch_densenet("densenet121", seed=5)
+    source = tmp_path / "tv.pth"
+    torch.save(net.state_dict(), source)
+    out = tmp_path / "densenet121.weights.h5"
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "keras_densenet", "convert-weights", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    proc = cli(str(source), str(out), "--preset", "densenet121")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = build_densenet(
+        "densenet121",
+        input_shape=(64, 64, 3),
+        bn_epsilon=1e-5,
+        weights=str(out),
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(4).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(model(images, training=False)), _logits(net, images), rtol=1e-4, atol=1e-4
+    )
+    wrong = cli(str(source), str(tmp_path / "x.weights.h5"), "--preset", "densenet169")
+    lines = [line for line in wrong.stderr.splitlines() if line.strip()]
+    assert wrong.returncode == 2 and len(lines) == 1 and "Architecture mismatch" in lines[0]
+    assert not (tmp_path / "x.weights.h5").exists()
+    bad_name = cli(str(source), str(tmp_path / "x.keras"), "--preset", "densenet121")
+    assert bad_name.returncode == 2 and ".weights.h5" in bad_name.stderr
+    assert sorted(os.listdir(tmp_path)) == ["densenet121.weights.h5", "tv.pth"]
