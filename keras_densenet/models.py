@@ -119,6 +119,7 @@ def build_densenet(
     weights: str | os.PathLike | None = None,
     kernel_regularizer: Any = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    feature_outputs: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a DenseNet (Huang et al., CVPR 2017) with the functional API.
@@ -170,6 +171,12 @@ def build_densenet(
             data; the model then normalizes raw pixel values itself with a
             ``keras.layers.Normalization`` layer named ``"normalization"``, so
             saved and exported models need no outside preprocessing.
+        feature_outputs: Output a dict of every dense block's features, for
+            a detection or segmentation head: ``{"P2": ..., "P5": ...}`` at
+            strides 4, 8, 16, 32 for the ImageNet stem (keras-hub's
+            ``pyramid_outputs`` names; ``P<log2 stride>`` in general, so the
+            3-block CIFAR stem gives P0, P1, P2). Needs ``include_top=False``
+            and no ``pooling``.
         name: Model name (default: what was built, e.g. ``"densenet121"`` or
             ``"densenet_bc_40_12"``; see `keras_densenet.presets.model_name`).
 
@@ -201,6 +208,14 @@ def build_densenet(
         num_classes=num_classes,
     )
     _check_head(include_top, pooling, config["num_classes"], classifier_activation)
+    if not isinstance(feature_outputs, bool):
+        raise TypeError(f"`feature_outputs` must be True or False, got {feature_outputs!r}.")
+    if feature_outputs and (include_top or pooling is not None):
+        raise ValueError(
+            "`feature_outputs=True` returns the dense blocks' feature maps: it needs "
+            f"`include_top=False` and `pooling=None`, got include_top={include_top}, "
+            f"pooling={pooling!r}."
+        )
     bn_momentum = check_bn_momentum(bn_momentum)
     if bn_epsilon is None:  # PyTorch checkpoints were trained with PyTorch's epsilon
         bn_epsilon = TORCH_BN_EPSILON if is_torch_weights(weights) else BN_EPSILON
@@ -226,8 +241,13 @@ def build_densenet(
         "bn_epsilon": bn_epsilon,
         "kernel_regularizer": kernel_regularizer,
     }
+    pyramid = {}
+    stride = 4 if config["stem"] != CIFAR_STEM else 1
     for i, num_layers in enumerate(config["blocks"]):
         x = DenseBlock(num_layers, name=f"conv{i + 2}", **block_args)(x)
+        # Each block's output, keras-hub's names: P<log2 stride>.
+        pyramid[f"P{stride.bit_length() - 1}"] = x
+        stride *= 2
         if i < len(config["blocks"]) - 1:
             x = TransitionLayer(
                 config["compression"],
@@ -252,7 +272,8 @@ def build_densenet(
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name or model_name(config, preset))
+    outputs = pyramid if feature_outputs else x
+    model = keras.Model(inputs, outputs, name=name or model_name(config, preset))
 
     if weights is not None:
         from keras_densenet.weights import load_weights

@@ -362,14 +362,85 @@ def load_torch_weights(model: keras.Model, source: Any) -> None:
                 )
             used.add(key)
         plan.append((layer, [array for _, array in pairs]))
-    ignored = (
-        {k for k in state if k.startswith("classifier.")} if "predictions" not in layers else set()
-    )
+    # A features-only model takes the features and leaves the checkpoint's head.
+    head = {"predictions": "classifier.", "bn": "features.norm5."}
+    ignored = {
+        key
+        for layer, prefix in head.items()
+        if layer not in layers
+        for key in state
+        if key.startswith(prefix)
+    }
     extra = sorted(set(state) - used - ignored)
     if extra:
         raise ValueError(
             f"The PyTorch state dict has {len(extra)} tensor(s) the model lacks, e.g. "
             f"{extra[:3]}: it is not a checkpoint of this architecture."
         )
+    for layer, arrays in plan:
+        layer.set_weights(arrays)
+
+
+# ---------------------------------------------------------------------------
+# keras-hub
+
+
+def _keras_hub_name(name: str) -> str | None:
+    """Our layer name for a keras-hub ``DenseNetBackbone`` layer name, or None."""
+    if name in ("conv1_conv", "conv1_bn", "bn"):
+        return name
+    match = re.fullmatch(r"stack(\d+)_block(\d+)_([12])_(bn|conv)", name)
+    if match:
+        stack, block, index, kind = match.groups()
+        ours = {("1", "bn"): "0_bn", ("1", "conv"): "1_conv", ("2", "bn"): "1_bn"}
+        return f"conv{int(stack) + 1}_block{block}_{ours.get((index, kind), '2_conv')}"
+    match = re.fullmatch(r"transition(\d+)_(bn|conv)", name)
+    if match:
+        return f"pool{int(match.group(1)) + 1}_{match.group(2)}"
+    return None
+
+
+def load_keras_hub_weights(model: keras.Model, backbone: keras.Model) -> None:
+    """Copies a keras-hub ``DenseNetBackbone``'s weights into a matching model.
+
+    The layers map one to one (``stack1_block1_1_bn`` is our
+    ``conv2_block1_0_bn``, ``transition1_conv`` our ``pool2_conv``, ...), so
+    every weight loads. Outputs are identical for odd input sizes only:
+    keras-hub's 7x7/2 stem convolution and 3x3/2 max pool use
+    ``padding="same"``, which pads even inputs asymmetrically (0 or 2 pixels
+    before, 1 or 3 after), while this package pads symmetrically as
+    keras.applications and torchvision do, so on even inputs the two models
+    see their images shifted by a pixel.
+
+    Args:
+        model: A model from `build_densenet` with the backbone's layout
+            (``include_top=False``, ``pooling=None``).
+        backbone: A ``keras_hub.models.DenseNetBackbone``.
+
+    Raises:
+        ValueError: If a layer has no counterpart or a shape differs (nothing
+            is changed then).
+    """
+    targets = _leaf_layers(model)
+    plan = []
+    for name, layer in _leaf_layers(backbone).items():
+        ours = _keras_hub_name(name)
+        if ours is None or ours not in targets:
+            raise ValueError(
+                f"keras-hub layer {name!r} has no counterpart in model {model.name!r}: build it "
+                "with the backbone's blocks, growth rate and include_top=False."
+            )
+        got = [tuple(w.shape) for w in layer.weights]
+        want = [tuple(w.shape) for w in targets[ours].weights]
+        if got != want:
+            raise ValueError(
+                f"Architecture mismatch at keras-hub layer {name!r}: shapes {got}, model layer "
+                f"{ours!r} expects {want}."
+            )
+        plan.append((targets[ours], layer.get_weights()))
+    loaded = {layer.name for layer, _ in plan}
+    missing = sorted(set(targets) - loaded - {"normalization"})
+    if missing:
+        raise ValueError(f"The keras-hub backbone has no weights for model layers {missing[:3]}.")
     for layer, arrays in plan:
         layer.set_weights(arrays)

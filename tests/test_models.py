@@ -271,3 +271,63 @@ def test_old_model_file_without_bn_momentum_loads(tmp_path):
     block = reloaded.get_layer("conv2")
     assert block.bn_momentum == 0.99
     assert block.dense_layers[0].bn1.momentum == 0.99
+
+
+@pytest.mark.parametrize(
+    ("preset", "channels"),
+    [
+        ("densenet121", (256, 512, 1024, 1024)),
+        ("densenet161", (384, 768, 2112, 2208)),
+        ("densenet169", (256, 512, 1280, 1664)),
+        ("densenet201", (256, 512, 1792, 1920)),
+        ("densenet264", (256, 512, 2304, 2688)),
+    ],
+)
+def test_feature_pyramid_of_every_imagenet_preset(preset, channels):
+    model = build_densenet(preset, include_top=False, feature_outputs=True)
+    shapes = {name: tuple(out.shape) for name, out in model.output.items()}
+    assert shapes == {
+        f"P{level}": (None, 224 // 2**level, 224 // 2**level, c)
+        for level, c in zip((2, 3, 4, 5), channels, strict=True)
+    }
+
+
+def test_feature_pyramid_trains_a_segmentation_head_on_real_images():
+    from keras_densenet.data import load_dataset
+
+    dataset, _ = load_dataset(
+        "fashion_mnist_sample", "train", batch_size=16, augment=False, normalize=False
+    )
+    images = next(iter(dataset))[0].numpy()
+    mask = (images[..., 0] > 0).astype("int32")  # the garment's silhouette: a real shape
+    images = images / 255.0
+    keras.utils.set_random_seed(0)
+    backbone = build_densenet(
+        blocks=(2, 2),
+        growth_rate=8,
+        num_init_features=16,
+        stem="cifar",
+        input_shape=(28, 28, 1),
+        include_top=False,
+        feature_outputs=True,
+    )
+    assert sorted(backbone.output) == ["P0", "P1"]
+    p0, p1 = backbone.output["P0"], backbone.output["P1"]
+    up = keras.layers.UpSampling2D(2)(p1)
+    logits = keras.layers.Conv2D(2, 1)(keras.layers.Concatenate()([p0, up]))
+    segmenter = keras.Model(backbone.input, logits)
+    segmenter.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = segmenter.fit(images, mask, epochs=6, batch_size=16, verbose=0).history
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["accuracy"][-1] > 0.85
+
+
+def test_feature_outputs_need_a_headless_model():
+    with pytest.raises(ValueError, match="include_top=False"):
+        build_densenet(**TINY, feature_outputs=True)
+    with pytest.raises(ValueError, match="pooling=None"):
+        build_densenet(**TINY, include_top=False, pooling="avg", feature_outputs=True)

@@ -102,3 +102,33 @@ def test_bad_sources(tmp_path):
         load_keras_applications_weights(model, not_legacy)
     with pytest.raises(TypeError, match="source"):
         load_keras_applications_weights(model, 42)
+
+
+def test_keras_hub_backbone_weights_load_and_odd_sizes_match():
+    """keras-hub's DenseNetBackbone: every weight maps; its 'same' stem padding shifts even inputs."""
+    try:
+        import keras_hub
+    except ImportError as err:  # a required test dependency: bash .ci/setup installs it
+        raise ImportError("This test needs keras-hub: bash .ci/setup installs it") from err
+    from keras_densenet.weights import load_keras_hub_weights
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    for size, identical in ((65, True), (64, False)):
+        hub = keras_hub.models.DenseNetBackbone(
+            stackwise_num_repeats=[2, 2, 2, 2], image_shape=(size, size, 3)
+        )
+        for layer in hub.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+        ours = build_densenet(blocks=(2, 2, 2, 2), include_top=False, input_shape=(size, size, 3))
+        load_keras_hub_weights(ours, hub)
+        images = rng.uniform(0, 1, (2, size, size, 3)).astype("float32")
+        expected = np.asarray(hub(images, training=False))
+        got = np.asarray(ours(images, training=False))
+        if identical:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        else:
+            assert np.abs(got - expected).max() > 1e-3
+    with pytest.raises(ValueError, match="no counterpart"):
+        load_keras_hub_weights(build_densenet(blocks=(2, 2, 2), include_top=False), hub)
