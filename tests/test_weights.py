@@ -105,7 +105,7 @@ def test_bad_sources(tmp_path):
 
 
 def test_keras_hub_backbone_weights_load_and_odd_sizes_match():
-    """keras-hub's DenseNetBackbone: every weight maps; its 'same' stem padding shifts even sizes."""
+    """keras-hub's DenseNetBackbone: all weights map; its 'same' stem padding shifts even sizes."""
     try:
         import keras_hub
     except ImportError as err:  # a required test dependency: bash .ci/setup installs it
