@@ -908,3 +908,40 @@ def test_lambda_models_need_allow_unsafe_in_every_command(tmp_path: Path) -> Non
         assert refused.returncode == 2 and "pass --allow-unsafe" in refused.stderr, name
         allowed = cli(*args, "--allow-unsafe")
         assert allowed.returncode == 0, (name, allowed.stderr[-2000:])
+
+
+def test_onnx_export_runs_in_onnxruntime_with_any_batch(
+    tmp_path: Path, runs: dict[str, str]
+) -> None:
+    try:
+        import onnxruntime
+    except ImportError as err:  # a required test dependency
+        raise ImportError(
+            "This test needs onnxruntime: pip install 'keras-densenet[onnx]'"
+        ) from err
+    proc = cli("export", runs["mixed"], "--out", str(tmp_path / "served"), "--format", "onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / "served" / "model.onnx"
+    assert sorted(os.listdir(tmp_path / "served")) == ["model.onnx"]
+    session = onnxruntime.InferenceSession(str(path))
+    (given,) = session.get_inputs()
+    assert given.name == "images" and given.shape[1:] == [28, 28, 1]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    model = export.load_keras_model(runs["mixed"])[0]
+    for batch in (1, 7):
+        pixels = synthetic_images(batch, seed=batch).astype(np.float32)
+        (probabilities,) = session.run(None, {"images": pixels})
+        assert probabilities.shape == (batch, 10)
+        # The mixed model computes in float16; the ONNX graph in float32.
+        np.testing.assert_allclose(
+            probabilities, np.asarray(model(pixels, training=False)), atol=5e-3
+        )
+    float_model = export.with_serving_dtype(model, "float32")
+    pixels = synthetic_images(3, seed=9).astype(np.float32)
+    np.testing.assert_allclose(
+        session.run(None, {"images": pixels})[0],
+        np.asarray(float_model(pixels, training=False)),
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        export.export_onnx(model, tmp_path / "model.bin")

@@ -256,6 +256,13 @@ def _add_export(sub: Any) -> None:
     export.add_argument(
         "--out", required=True, help="model directory, e.g. saved_models/NAME (versions inside)"
     )
+    export.add_argument(
+        "--format",
+        choices=("savedmodel", "onnx"),
+        default="savedmodel",
+        help="savedmodel: a TF Serving version in --out; onnx: --out/model.onnx for ONNX "
+        "Runtime (float32 raw pixels at the model's size) (default: %(default)s)",
+    )
     export.add_argument("--version", type=_int(), help="version number (default: next free)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument(

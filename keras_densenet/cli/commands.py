@@ -149,6 +149,13 @@ def _export(args: argparse.Namespace) -> int:
     from keras_densenet import export
 
     representative = _calibration(args) if args.tflite == "int8" else None
+    if args.format == "onnx":
+        os.makedirs(args.out, exist_ok=True)
+        onnx = export.export_onnx(
+            args.model, os.path.join(args.out, "model.onnx"), allow_unsafe=args.allow_unsafe
+        )
+        print(f"exported ONNX {onnx} (input 'images': float32 [N, H, W, C] raw pixels)")
+        return 0
     path = export.export_savedmodel(
         args.model,
         args.out,

@@ -36,6 +36,7 @@ _EXPORTS = {
     "SERVING_DEFAULT": "savedmodel",
     "SERVING_DTYPES": "model",
     "calibration_images": "tflite",
+    "export_onnx": "onnx",
     "export_savedmodel": "savedmodel",
     "export_tflite": "tflite",
     "list_versions": "versions",
