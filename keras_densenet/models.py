@@ -81,6 +81,14 @@ def _check_normalization(
 ) -> tuple[list[float], list[float]] | None:
     if normalization is None:
         return None
+    if isinstance(normalization, str):
+        if normalization != "imagenet":
+            raise ValueError(
+                f"`normalization` must be (mean, std) or 'imagenet', got {normalization!r}."
+            )
+        from keras_densenet.preprocessing import imagenet_normalization
+
+        normalization = imagenet_normalization()
     try:
         mean, std = ([float(v) for v in part] for part in normalization)
     except (TypeError, ValueError) as err:
@@ -118,7 +126,7 @@ def build_densenet(
     classifier_activation: Any = "softmax",
     weights: str | os.PathLike | None = None,
     kernel_regularizer: Any = None,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | str | None = None,
     feature_outputs: bool = False,
     name: str | None = None,
 ) -> keras.Model:
@@ -171,6 +179,9 @@ def build_densenet(
             data; the model then normalizes raw pixel values itself with a
             ``keras.layers.Normalization`` layer named ``"normalization"``, so
             saved and exported models need no outside preprocessing.
+            ``"imagenet"`` is ImageNet's mean and std, what the pretrained
+            keras.applications, torchvision and timm weights expect (see
+            `keras_densenet.preprocessing`).
         feature_outputs: Output a dict of every dense block's features, for
             a detection or segmentation head: ``{"P2": ..., "P5": ...}`` at
             strides 4, 8, 16, 32 for the ImageNet stem (keras-hub's

@@ -256,3 +256,35 @@ def test_convert_weights_command(tmp_path):
     bad_name = cli(str(source), str(tmp_path / "x.keras"), "--preset", "densenet121")
     assert bad_name.returncode == 2 and ".weights.h5" in bad_name.stderr
     assert sorted(os.listdir(tmp_path)) == ["densenet121.weights.h5", "tv.pth"]
+
+
+def test_torch_preprocessing_matches_torchvision_conventions():
+    from PIL import Image
+
+    from keras_densenet.preprocessing import preprocess_input, resize_and_center_crop
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    cropped = resize_and_center_crop(photo)
+    assert cropped.shape == (224, 224, 3)
+    # torchvision on a PIL image: Resize(256) (PIL bilinear) then CenterCrop(224).
+    pil = Image.fromarray(photo).resize((341, 256), Image.BILINEAR)
+    expected = np.asarray(pil, np.float32)[16:240, 58:282]
+    assert np.abs(cropped - expected).mean() < 1.5  # antialiased bilinear, not bit-exact
+    normalized = preprocess_input(cropped)
+    mean = np.array([0.485, 0.456, 0.406]) * 255
+    std = np.array([0.229, 0.224, 0.225]) * 255
+    np.testing.assert_allclose(normalized, (cropped - mean) / std, rtol=1e-5, atol=1e-5)
+    # A model built with normalization="imagenet" takes the raw pixels instead.
+    net = _random_torch_densenet("densenet121", seed=6)
+    path_images = cropped[None].astype(np.float32)
+    model = build_densenet(
+        "densenet121", normalization="imagenet", bn_epsilon=1e-5, classifier_activation=None
+    )
+    load_torch_weights(model, net.state_dict())
+    np.testing.assert_allclose(
+        np.asarray(model(path_images, training=False)),
+        _logits(net, normalized[None].astype(np.float32)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
