@@ -12,6 +12,15 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
 
 
+#: What each notebook must print (its results, not just that it ran).
+EXPECTED = {
+    "01_quickstart.ipynb": ('"test_accuracy"', "exported", "serving_default"),
+    "02_dense_connectivity.ipynb": ("block output channels", "= L(L+1)/2"),
+    "03_tuning.ipynb": ("'completed'", "ready to train"),
+    "04_memory.ipynb": ("efficient",),
+}
+
+
 def test_notebooks_exist():
     names = [os.path.basename(p) for p in NOTEBOOKS]
     assert names == [
@@ -23,7 +32,8 @@ def test_notebooks_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
-def test_notebook_runs(path):
+def test_notebook_runs(path, monkeypatch):
+    monkeypatch.setenv("NOTEBOOK_QUICK", "1")  # the kernel inherits it: smaller searches
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:
         assert not cell.get("outputs"), f"{path} is stored with outputs"
@@ -34,3 +44,16 @@ def test_notebook_runs(path):
         resources={"metadata": {"path": os.path.dirname(path)}},
     )
     client.execute()  # raises CellExecutionError on any failing cell
+    text = "\n".join(
+        output.get("text", "") or "\n".join(output.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+    images = sum(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+    for needle in EXPECTED[os.path.basename(path)]:
+        assert needle in text, f"{path}: {needle!r} not in its output"
+    assert images >= 1, f"{path} showed no figure"
