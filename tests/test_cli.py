@@ -153,7 +153,9 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     image = tmp_path / "not_an_image.jpg"
     image.write_bytes(b"hello")
     assert_one_line_error(run("predict", served, str(image)), "not_an_image.jpg")
-    assert_one_line_error(run("predict", str(tmp_path / "missing")), "")
+    assert_one_line_error(run("predict", str(tmp_path / "missing")), "--sample")
+    missing = str(tmp_path / "missing.keras")
+    assert_one_line_error(run("predict", missing, "--sample", "1"), missing, "not found")
     assert_one_line_error(run("predict", served), "--sample")
 
 
@@ -172,7 +174,8 @@ def test_unwritable_output_directories_exit_2(tmp_path):
     )
     assert_one_line_error(
         run("evaluate", model_path, "--dataset", "fashion_mnist_sample", "--out", unwritable),
-        "",
+        unwritable,
+        "not writable",
     )
 
 

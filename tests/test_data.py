@@ -28,10 +28,17 @@ from keras_densenet.data import (
 )
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-needs_debian = pytest.mark.skipif(
-    not os.path.exists(os.path.join(DEBIAN_DIR, "train-images-idx3-ubyte.gz")),
-    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-)
+
+
+@pytest.fixture
+def debian_fashion_mnist():
+    """The real Fashion-MNIST IDX files: required, never skipped."""
+    if not os.path.exists(os.path.join(DEBIAN_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.fail(
+            f"Fashion-MNIST IDX files not in {DEBIAN_DIR}: bash .ci/setup installs Debian's "
+            "dataset-fashion-mnist (as root), or apt-get install dataset-fashion-mnist"
+        )
+    return DEBIAN_DIR
 
 
 @functools.cache
@@ -104,8 +111,7 @@ def test_sample_file_is_small_balanced_and_complete():
     assert (sample["x_train"] == 0).mean() > 0.3 and sample["x_train"].max() == 255
 
 
-@needs_debian
-def test_sample_images_are_the_real_fashion_mnist_images():
+def test_sample_images_are_the_real_fashion_mnist_images(debian_fashion_mnist):
     sample = _sample()
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(os.path.join(DEBIAN_DIR, f"{prefix}-images-idx3-ubyte.gz"))
@@ -115,8 +121,7 @@ def test_sample_images_are_the_real_fashion_mnist_images():
         np.testing.assert_array_equal(sample[f"y_{split}"], labels[index])
 
 
-@needs_debian
-def test_make_sample_rebuilds_the_shipped_file_atomically(tmp_path):
+def test_make_sample_rebuilds_the_shipped_file_atomically(debian_fashion_mnist, tmp_path):
     out = make_sample(DEBIAN_DIR, tmp_path / "sample.npz")
     assert out == str(tmp_path / "sample.npz")
     assert os.listdir(tmp_path) == ["sample.npz"]  # no temporary file left behind
@@ -259,8 +264,7 @@ def test_dataset_info_is_frozen_and_validated():
 # IDX files
 
 
-@needs_debian
-def test_idx_source_reads_the_debian_files(tmp_path):
+def test_idx_source_reads_the_debian_files(debian_fashion_mnist, tmp_path):
     images = read_idx(os.path.join(DEBIAN_DIR, "train-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(DEBIAN_DIR, "train-labels-idx1-ubyte.gz"))
     assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
@@ -351,7 +355,8 @@ def test_corrupted_idx_file_in_data_dir_names_the_file(tmp_path, monkeypatch):
 
 
 def test_tfds_source_with_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=10):
         dataset, info = load_dataset("cifar10", "train", batch_size=4, seed=0)
         images, labels = next(iter(dataset))
@@ -367,7 +372,7 @@ def test_tfds_source_with_mock_data():
 
 @functools.cache
 def _tiny_tfds_builder():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
 
     class KerasDensenetTinyImages(tfds.core.GeneratorBasedBuilder):
         """Three classes of random 8x8 RGB images: a real, locally prepared TFDS dataset."""
@@ -497,7 +502,6 @@ def test_missing_dataset_lists_the_sources_tried(tmp_path, monkeypatch):
 
 @pytest.mark.reliability("faults")
 def test_download_is_stopped_after_the_timeout(tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow_datasets")
     monkeypatch.setitem(data.IDX_DIRS, "mnist", ())
     start = time.monotonic()
     with pytest.raises(DatasetNotFoundError, match="tfds download"):

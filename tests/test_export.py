@@ -598,10 +598,23 @@ def test_mixed_float16_serves_float32(tmp_path: Path, images: np.ndarray) -> Non
 
 
 def test_tensorflow_serving_command(tmp_path: Path) -> None:
-    command = export.tensorflow_serving_command(tmp_path / "fashion")
-    assert f"source={tmp_path / 'fashion'}" in command
-    assert "target=/models/fashion" in command
-    assert "MODEL_NAME=fashion" in command
+    import shlex
+
+    odd = tmp_path / "my models" / "fashion"  # a space must survive the shell
+    words = shlex.split(export.tensorflow_serving_command(odd, port=9000))
+    assert words == [
+        "docker",
+        "run",
+        "--rm",
+        "-p",
+        "9000:8501",
+        "--mount",
+        f"type=bind,source={odd},target=/models/fashion",
+        "-e",
+        "MODEL_NAME=fashion",
+        "-t",
+        "tensorflow/serving",
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -133,7 +133,17 @@ def test_dense_block_input_channels_per_layer():
 
 @pytest.mark.parametrize(
     ("channels", "compression", "expected"),
-    [(16, 0.5, 8), (10, 0.3, 3), (100, 0.29, 29), (7, 1.0, 7)],
+    # floor, not round or ceil: 10 * 0.35 = 3.5 -> 3, 7 * 0.5 = 3.5 -> 3, 9 * 0.7 = 6.3 -> 6;
+    # and 0.29 * 100, 28.999999999999996 in floating point, is 29.
+    [
+        (16, 0.5, 8),
+        (10, 0.3, 3),
+        (100, 0.29, 29),
+        (7, 1.0, 7),
+        (10, 0.35, 3),
+        (7, 0.5, 3),
+        (9, 0.7, 6),
+    ],
 )
 def test_transition_layer_compression_and_pool(channels, compression, expected):
     layer = TransitionLayer(compression, name="pool2")
@@ -265,3 +275,19 @@ def test_memory_efficient_fit_in_graph_mode():
     y = np.array([0, 1])
     losses = model.fit(X, y, epochs=3, verbose=0).history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_transition_dropout_only_in_training():
+    layer = TransitionLayer(0.5, dropout_rate=0.5)
+    x = np.abs(X) + 1.0  # positive inputs: a dropped channel shows as an exact 0 after pooling
+    inference = keras.ops.convert_to_numpy(layer(x, training=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), inference)
+    assert not np.any(inference == 0)
+    no_dropout = TransitionLayer(0.5)
+    no_dropout.build(x.shape)
+    no_dropout.set_weights(layer.get_weights())  # inference is the same layer without dropout
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(no_dropout(x, training=False)), inference, rtol=1e-6
+    )
+    trained = keras.ops.convert_to_numpy(layer(x, training=True))
+    assert not np.allclose(trained, inference)

@@ -232,8 +232,11 @@ def test_trials_are_scored_on_recalibrated_batchnorm_statistics():
 def test_bad_search_space_values_name_the_argument(kwargs, error, match):
     kwargs = dict(kwargs)
     base = kwargs.pop("base", BASE)
-    if match is None:
-        DenseNetHyperModel(base, **kwargs)  # valid: depth 13 without bottleneck
+    if match is None:  # valid: depth 13 without bottleneck
+        hypermodel = DenseNetHyperModel(base, **kwargs)
+        assert hypermodel.fixed["depth"] == 13 and hypermodel.fixed["bottleneck"] is False
+        config = hypermodel.trial_config(keras_tuner.HyperParameters())
+        assert (config.depth, config.bottleneck) == (13, False)
         return
     with pytest.raises(error, match=match):
         DenseNetHyperModel(base, **kwargs)
@@ -634,3 +637,30 @@ def test_chief_and_two_workers_share_one_search(tmp_path):
     assert os.path.getsize(os.path.join(out, "best.keras")) > 0
     with open(os.path.join(out, "best_config.json")) as f:
         TrainConfig.from_dict(json.load(f))
+
+
+def test_declared_search_space_is_the_documented_one():
+    """The ranges KerasTuner sees are the documented ones (README, tuning docs)."""
+    hp = keras_tuner.HyperParameters()
+    DenseNetHyperModel(BASE).declare_hyperparameters(hp)
+    declared = {h.name: h.get_config() for h in hp.space}
+    assert (declared["growth_rate"]["min_value"], declared["growth_rate"]["max_value"]) == (8, 48)
+    assert declared["growth_rate"]["step"] == 4 and declared["growth_rate"]["default"] == 12
+    assert (declared["compression"]["min_value"], declared["compression"]["max_value"]) == (
+        0.3,
+        1.0,
+    )
+    assert (
+        declared["layers_per_block"]["min_value"],
+        declared["layers_per_block"]["max_value"],
+    ) == (
+        1,
+        16,
+    )
+    assert (declared["dropout_rate"]["min_value"], declared["dropout_rate"]["max_value"]) == (
+        0.0,
+        0.3,
+    )
+    rate = declared["learning_rate"]
+    assert (rate["min_value"], rate["max_value"], rate["sampling"]) == (0.01, 0.3, "log")
+    assert set(declared["bottleneck"]) >= {"default"} and declared["bottleneck"]["default"] is True
