@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", nargs="+", default=["step", "cosine"])
     parser.add_argument("--warmup", type=float, nargs="+", default=[0.0])
     parser.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0, 0.1])
+    parser.add_argument("--precision", nargs="+", default=["float32"])
     parser.add_argument("--tag", default="recipe")
     args = parser.parse_args(argv)
     if args.worker:
@@ -98,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     base = {k: v for k, v in base.items() if v is not None}
     rows, results = [], []
     grid = itertools.product(
-        args.bn_momentum, args.recalibrate, args.schedule, args.warmup, args.label_smoothing
+        args.bn_momentum,
+        args.recalibrate,
+        args.schedule,
+        args.warmup,
+        args.label_smoothing,
+        args.precision,
     )
-    for momentum, steps, schedule, warmup, smoothing in grid:
+    for momentum, steps, schedule, warmup, smoothing, precision in grid:
         config = {
             **base,
             "bn_momentum": momentum,
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": schedule,
             "warmup_epochs": warmup,
             "label_smoothing": smoothing,
+            "precision": precision,
         }
         result = run_worker("benchmarks.recipe", config, timeout=6 * 3600)
         results.append({"config": config, **result})
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             schedule,
             warmup,
             smoothing,
+            precision,
             f"{result['train_accuracy']:.4f}",
             f"{result['val_accuracy']:.4f}",
             "-" if before is None else f"{before:.4f}",
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "schedule",
         "warm-up epochs",
         "label smoothing",
+        "precision",
         "final train acc",
         "final val acc",
         "test acc before recal.",
