@@ -1,7 +1,8 @@
 """Which training defaults give the best test accuracy in a short CPU run?
 
 Trains one small DenseNet-BC per configuration of a grid (BatchNorm momentum x
-BN recalibration x learning-rate schedule x warm-up x label smoothing), each in
+BN recalibration x learning-rate schedule x warm-up x label smoothing, and
+growth rate, batch size, learning rate, weight decay, precision), each in
 a fresh subprocess with the same seed, and records for each: test accuracy
 before and after BN recalibration (PreciseBN), the last epoch's training and
 validation accuracy, and the wall time. Writes a markdown table and JSON under
@@ -9,9 +10,12 @@ validation accuracy, and the wall time. Writes a markdown table and JSON under
 
     # the issue's 2-epoch command, on the embedded sample (about 20 min on 2 cores)
     python -m benchmarks.recipe --dataset fashion_mnist_sample --epochs 2 --tag sample_2ep
-    # only some axes, e.g. the README's 10-epoch job
-    python -m benchmarks.recipe --epochs 10 --bn-momentum 0.9 --recalibrate 50 \
-        --schedule step cosine --warmup 0 1 --label-smoothing 0 0.1 --tag sample_10ep
+    # only some axes, e.g. the README's 10-epoch job; every axis takes several values
+    python -m benchmarks.recipe --epochs 10 --batch-size 32 --bn-momentum 0.9 \
+        --recalibrate 30 --schedule step cosine --warmup 0 1 --label-smoothing 0 0.1 \
+        --tag sample_10ep
+    python -m benchmarks.recipe --epochs 10 --batch-size 16 32 --learning-rate default 0.1 \
+        --bn-momentum 0.9 --recalibrate 30 --schedule cosine --label-smoothing 0.1 --tag lr
 """
 
 from __future__ import annotations
@@ -69,17 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="fashion_mnist_sample")
     parser.add_argument("--preset", default="densenet_bc_100_12")
     parser.add_argument("--depth", type=int, default=40)
-    parser.add_argument("--growth-rate", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bn-momentum", type=float, nargs="+", default=[0.99, 0.9])
-    parser.add_argument("--recalibrate", type=int, nargs="+", default=[0, 50])
-    parser.add_argument("--schedule", nargs="+", default=["step", "cosine"])
-    parser.add_argument("--warmup", type=float, nargs="+", default=[0.0])
-    parser.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0, 0.1])
-    parser.add_argument("--precision", nargs="+", default=["float32"])
+    for flag, kind, default in _AXES:
+        parser.add_argument(f"--{flag}", type=kind, nargs="+", default=default)
     parser.add_argument("--tag", default="recipe")
     args = parser.parse_args(argv)
     if args.worker:
@@ -89,33 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     base = {
         "preset": args.preset,
         "depth": args.depth,
-        "growth_rate": args.growth_rate,
         "dataset": args.dataset,
         "epochs": args.epochs,
-        "batch_size": args.batch_size,
         "steps_per_epoch": args.steps_per_epoch,
         "seed": args.seed,
     }
     base = {k: v for k, v in base.items() if v is not None}
+    keys = [_CONFIG_KEYS[flag] for flag, _, _ in _AXES]
+    values = [getattr(args, flag.replace("-", "_")) for flag, _, _ in _AXES]
     rows, results = [], []
-    grid = itertools.product(
-        args.bn_momentum,
-        args.recalibrate,
-        args.schedule,
-        args.warmup,
-        args.label_smoothing,
-        args.precision,
-    )
-    for momentum, steps, schedule, warmup, smoothing, precision in grid:
-        config = {
-            **base,
-            "bn_momentum": momentum,
-            "bn_recalibrate_steps": steps,
-            "schedule": schedule,
-            "warmup_epochs": warmup,
-            "label_smoothing": smoothing,
-            "precision": precision,
-        }
+    for combination in itertools.product(*values):
+        config = {**base, **dict(zip(keys, combination, strict=True))}
+        config = {k: v for k, v in config.items() if v is not None}
         result = run_worker("benchmarks.recipe", config, timeout=6 * 3600)
         results.append({"config": config, **result})
         if "error" in result:
@@ -123,12 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         before = result["test_accuracy_before_recalibration"]
         row = [
-            momentum,
-            steps,
-            schedule,
-            warmup,
-            smoothing,
-            precision,
+            *("default" if v is None else v for v in combination),
             f"{result['train_accuracy']:.4f}",
             f"{result['val_accuracy']:.4f}",
             "-" if before is None else f"{before:.4f}",
@@ -138,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(" | ".join(map(str, row)), flush=True)
     headers = [
-        "bn momentum",
-        "recalibration steps",
-        "schedule",
-        "warm-up epochs",
-        "label smoothing",
-        "precision",
+        *(flag.replace("-", " ") for flag, _, _ in _AXES),
         "final train acc",
         "final val acc",
         "test acc before recal.",
@@ -151,14 +124,45 @@ def main(argv: list[str] | None = None) -> int:
         "wall s",
     ]
     title = (
-        f"# Recipe grid: {args.dataset}, {args.preset} L={args.depth} k={args.growth_rate}, "
-        f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}\n\n"
+        f"# Recipe grid: {args.dataset}, {args.preset} L={args.depth}, "
+        f"{args.epochs} epochs, seed {args.seed}\n\n"
     )
     table = markdown_table(headers, rows)
     print(table)
     payload = {"arguments": vars(args), "results": results}
     write_outputs(RESULTS_DIR / f"recipe_{args.tag}", payload, title + table)
     return 0
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text == "default" else float(text)
+
+
+#: The grid's axes: flag, type, default values. Every combination is trained.
+_AXES: list[tuple[str, Any, list[Any]]] = [
+    ("growth-rate", int, [12]),
+    ("batch-size", int, [64]),
+    ("learning-rate", _optional_float, [None]),
+    ("weight-decay", float, [1e-4]),
+    ("bn-momentum", float, [0.99, 0.9]),
+    ("recalibrate", int, [0, 50]),
+    ("schedule", str, ["step", "cosine"]),
+    ("warmup", float, [0.0]),
+    ("label-smoothing", float, [0.0, 0.1]),
+    ("precision", str, ["float32"]),
+]
+_CONFIG_KEYS = {
+    "growth-rate": "growth_rate",
+    "batch-size": "batch_size",
+    "learning-rate": "learning_rate",
+    "weight-decay": "weight_decay",
+    "bn-momentum": "bn_momentum",
+    "recalibrate": "bn_recalibrate_steps",
+    "schedule": "schedule",
+    "warmup": "warmup_epochs",
+    "label-smoothing": "label_smoothing",
+    "precision": "precision",
+}
 
 
 if __name__ == "__main__":
