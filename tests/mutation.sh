@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut (pinned in the `test` extra), outside the default suite.
+#
+#   bash tests/mutation.sh                 # every module in MODULES below
+#   bash tests/mutation.sh _io rundir      # some of them
+#
+# Each module's mutants run against that module's own tests (the table below), in a
+# scratch copy of the working tree, so the checkout and its setup.cfg are never
+# touched. mutmut signals its workers by process id, and a timed-out entry can
+# outlive its process, so the run gets a private PID namespace where the system
+# allows one (it never signals anything outside the run). Results go to
+# tests/mutation/<module>.json; tests/MUTATION.md is rebuilt from all of them and
+# from tests/mutation/equivalent.txt (survivors judged equivalent, with a reason).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+PY=${PY:-$root/.venv/bin/python}
+
+# module (path under keras_densenet/, without .py) -> the tests that own it.
+declare -A TESTS=(
+  [_io]="tests/test_io.py tests/test_rundir.py"
+  [rundir]="tests/test_rundir.py"
+  [_validation]="tests/test_layers.py tests/test_models.py"
+  [presets]="tests/test_models.py"
+  [architecture]="tests/test_models.py"
+  [layers]="tests/test_layers.py tests/test_models.py"
+  [models]="tests/test_models.py"
+  [batchnorm]="tests/test_batchnorm.py"
+  [weights]="tests/test_weights.py"
+  [training/config]="tests/test_training.py"
+  [training/callbacks]="tests/test_training.py tests/test_reliability.py"
+  [export/versions]="tests/test_export.py"
+)
+MODULES=(_io _validation rundir presets architecture layers models batchnorm weights
+         training/config training/callbacks export/versions)
+
+if [ $# -gt 0 ]; then selected=("$@"); else selected=("${MODULES[@]}"); fi
+for m in "${selected[@]}"; do
+  if [ -z "${TESTS[$m]:-}" ]; then
+    echo "mutation.sh: unknown module '$m'; choose from: ${MODULES[*]}" >&2
+    exit 2
+  fi
+done
+"$PY" -c "import mutmut" 2>/dev/null || {
+  echo "mutation.sh: mutmut is not installed in $PY; run 'bash .ci/setup' (the test extra pins it)" >&2
+  exit 2
+}
+
+isolate=()
+if unshare --pid --fork --mount-proc true 2>/dev/null; then
+  isolate=(unshare --pid --fork --mount-proc)
+fi
+
+mkdir -p tests/mutation
+for m in "${selected[@]}"; do
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  git ls-files -co --exclude-standard -z | tar --null -cf - -T - | tar -xf - -C "$work"
+  # (mutmut reads a list from setup.cfg one item per line)
+  {
+    echo "only_mutate = keras_densenet/$m.py"
+    echo "pytest_add_cli_args_test_selection ="
+    for t in ${TESTS[$m]}; do echo "    $t"; done
+    echo "process_isolation = forkserver"
+  } >>"$work/setup.cfg"
+  echo "mutation.sh: keras_densenet/$m.py against ${TESTS[$m]}" >&2
+  start=$(date +%s)
+  (cd "$work" && TF_CPP_MIN_LOG_LEVEL=2 nice -n 10 "${isolate[@]}" "$PY" -m mutmut run --max-children 2 >mutmut.log 2>&1) || {
+    tail -30 "$work/mutmut.log" >&2
+    echo "mutation.sh: mutmut failed on $m (log above)" >&2
+    exit 1
+  }
+  "$PY" tests/mutation_report.py record "$m" "$work" "$(( $(date +%s) - start ))" "${TESTS[$m]}"
+  rm -rf "$work"
+  trap - EXIT
+done
+"$PY" tests/mutation_report.py render
