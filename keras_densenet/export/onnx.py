@@ -98,9 +98,7 @@ def export_onnx(
         return {PROBABILITIES: tf.cast(source(images, training=False), tf.float32)}
 
     signature = tf.TensorSpec([None, height, width, channels], tf.float32, IMAGES_INPUT)
-    frozen = convert_variables_to_constants_v2(
-        tf.function(serve).get_concrete_function(signature)
-    )
+    frozen = convert_variables_to_constants_v2(tf.function(serve).get_concrete_function(signature))
     inputs, outputs = [t.name for t in frozen.inputs], [t.name for t in frozen.outputs]
     with _quiet_converter():
         proto, _ = tf2onnx.convert.from_graph_def(

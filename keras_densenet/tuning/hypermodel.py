@@ -22,8 +22,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from keras_densenet._validation import check_int
-from keras_densenet.batchnorm import BatchNormRecalibration
 from keras_densenet.architecture import count_trainable_params
+from keras_densenet.batchnorm import BatchNormRecalibration
 from keras_densenet.training import (
     TrainConfig,
     TrainingData,

@@ -26,8 +26,8 @@ import keras_tuner
 
 from keras_densenet import _io, rundir
 from keras_densenet._io import write_json
-from keras_densenet.batchnorm import recalibrate_batchnorm
 from keras_densenet.architecture import resolve_config
+from keras_densenet.batchnorm import recalibrate_batchnorm
 from keras_densenet.training import TrainConfig, make_strategy
 from keras_densenet.tuning.hypermodel import DenseNetHyperModel
 from keras_densenet.tuning.results import collect_results, plot_results, write_results
