@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -228,15 +229,24 @@ def test_auto_precision_on_this_machine(tmp_path):
         assert json.load(f)["precision"] == "auto"  # a resume on other hardware re-resolves
 
 
+def test_short_run_defaults_are_the_measured_ones():
+    config = TrainConfig()
+    assert (config.schedule, config.warmup_epochs, config.label_smoothing) == ("cosine", 1.0, 0.1)
+    assert (config.momentum, config.weight_decay, config.bn_momentum) == (0.9, 1e-4, 0.9)
+
+
 def test_optimizer_follows_the_paper():
-    config = TrainConfig(epochs=4)
+    # The paper's recipe: steps at 50% and 75%, no warm-up.
+    config = TrainConfig(epochs=4, schedule="step", warmup_epochs=0)
     optimizer = make_optimizer(config, total_steps=100, global_batch=128)
     assert optimizer.nesterov and optimizer.momentum == 0.9
     assert optimizer.weight_decay == 1e-4
     optimizer_lr = optimizer._learning_rate
     rates = [float(optimizer_lr(step)) for step in (0, 49, 50, 74, 75, 99)]
     np.testing.assert_allclose(rates, [0.2, 0.2, 0.02, 0.02, 0.002, 0.002], rtol=1e-6)
-    cosine = make_optimizer(TrainConfig(schedule="cosine", learning_rate=0.05), 100, 64)
+    cosine = make_optimizer(
+        TrainConfig(schedule="cosine", warmup_epochs=0, learning_rate=0.05), 100, 64
+    )
     np.testing.assert_allclose(
         [float(cosine._learning_rate(s)) for s in (0, 50, 100)], [0.05, 0.025, 0.0], atol=1e-7
     )
@@ -481,3 +491,48 @@ def test_distribute_needs_the_right_backend(tmp_path):
                 "verbose": 0,
             }
         )
+
+
+def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
+    import tensorflow as tf
+
+    from keras_densenet import rundir
+    from keras_densenet.batchnorm import batchnorm_layers
+    from keras_densenet.training import loop
+
+    out = str(tmp_path / "run")
+    config = TrainConfig(
+        **SMALL, epochs=1, batch_size=16, steps_per_epoch=20, seed=2, out=out, verbose=0
+    )
+    summary = train(config)
+    assert summary["bn_statistics"] in ("recalibrated", "moving averages")
+    best_path = os.path.join(out, "best.keras")
+    test_args = {"split": "test", "batch_size": 16, "bad_images": None}
+    data = loop.load_training_data(config)
+
+    def moments(model):
+        return [
+            w.numpy().copy() for bn in batchnorm_layers(model) for w in bn.non_trainable_weights
+        ]
+
+    # Statistics from constant white images describe nothing the model sees:
+    # validation prefers the moving averages, and best.keras is left as it was.
+    white = tf.data.Dataset.from_tensors(
+        (tf.fill((16, 28, 28, 1), 255.0), tf.zeros((16,), tf.int64))
+    ).repeat()
+    best = rundir.load_model(best_path)
+    on_disk = moments(best)
+    bad = dataclasses.replace(data, recalibration=white)
+    assert loop._recalibrate_best(best, best_path, bad, config, test_args) == "moving averages"
+    for a, b in zip(moments(best), on_disk, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # Without a held-out split the test split never chooses: recalibration stays.
+    no_val = dataclasses.replace(config, validation_fraction=0.0)
+    assert loop._recalibrate_best(best, best_path, bad, no_val, test_args) == "recalibrated"
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True)
+    )
