@@ -46,4 +46,4 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if not is_command_line():
     with quiet_native_stderr():
-        from keras_densenet import layers  # noqa: F401  (registers the layers with Keras)
+        from keras_densenet import layers, losses  # noqa: F401  (registers them with Keras)

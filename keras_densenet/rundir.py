@@ -185,7 +185,8 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
     """
     import keras
 
-    import keras_densenet.layers  # noqa: F401  (registers the layers)
+    import keras_densenet.layers
+    import keras_densenet.losses  # noqa: F401  (and the loss)
 
     path = model_file(path)
     if not zipfile.is_zipfile(path):

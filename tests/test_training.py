@@ -88,6 +88,11 @@ def test_recalibration_repairs_a_stale_momentum_and_ships_population_stats(tmp_p
             "seed": 1,
             "bn_momentum": 0.99,
             "bn_recalibrate_steps": 50,
+            # The paper's schedule: a warm-up over the only epoch would leave the
+            # weights too close to their start for stale statistics to show.
+            "schedule": "step",
+            "warmup_epochs": 0,
+            "label_smoothing": 0,
             "out": out,
             "verbose": 0,
         }
@@ -291,23 +296,38 @@ def test_linear_warmup(schedule):
 
 def test_label_smoothing_reaches_the_loss():
     """The compiled loss is cross-entropy against smoothed one-hot labels, nothing else."""
+    from keras_densenet.losses import SparseSmoothedCrossentropy
     from keras_densenet.training import build_training_model, load_training_data
 
     smoothing = 0.2
     config = TrainConfig(**TINY, label_smoothing=smoothing, epochs=1, steps_per_epoch=1)
     data = load_training_data(config)
     model = build_training_model(config, data)
-    images, one_hot = next(iter(data.validation))
-    images, one_hot = np.asarray(images), np.asarray(one_hot)
-    assert one_hot.shape[-1] == 10  # the pipeline one-hot encodes for smoothing
+    images, labels = next(iter(data.validation))
+    images, labels = np.asarray(images), np.asarray(labels)
+    assert labels.ndim == 1  # integer labels: the batch size stays visible to distribution
+    one_hot = np.eye(10)[labels]
     probabilities = np.asarray(model(images, training=False), np.float64)
     smoothed = one_hot * (1 - smoothing) + smoothing / 10
     expected = -np.mean(np.sum(smoothed * np.log(np.clip(probabilities, 1e-7, 1)), axis=-1))
-    loss = model.compute_loss(x=images, y=one_hot, y_pred=probabilities.astype(np.float32))
+    loss = model.compute_loss(x=images, y=labels, y_pred=probabilities.astype(np.float32))
     penalty = sum(float(x) for x in model.losses)  # no regularizer: 0
     np.testing.assert_allclose(float(loss) - penalty, expected, rtol=1e-4)
     plain = -np.mean(np.sum(one_hot * np.log(np.clip(probabilities, 1e-7, 1)), axis=-1))
-    assert abs(expected - plain) > 1e-3  # the two would be told apart
+    # ... and the same comparison tells it from the unsmoothed loss.
+    assert not np.isclose(float(loss) - penalty, plain, rtol=1e-4, atol=0)
+    # Keras' own smoothing on one-hot labels agrees, and the loss survives a round trip.
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    p32 = probabilities.astype(np.float32)
+    np.testing.assert_allclose(
+        float(SparseSmoothedCrossentropy(smoothing)(labels[:, None], p32)),
+        float(reference(one_hot.astype(np.float32), p32)),
+        rtol=1e-5,
+    )
+    restored = keras.losses.deserialize(keras.losses.serialize(SparseSmoothedCrossentropy(0.3)))
+    assert isinstance(restored, SparseSmoothedCrossentropy) and restored.label_smoothing == 0.3
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SparseSmoothedCrossentropy(1.0)
 
 
 @pytest.mark.reliability("faults")

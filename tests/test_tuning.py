@@ -168,6 +168,11 @@ def test_trials_are_scored_on_recalibrated_batchnorm_statistics():
         "batch_size": 32,
         "bn_momentum": 0.99,
         "validation_fraction": 0.1,
+        # The paper's schedule: one warm-up epoch would leave the weights too
+        # close to their start for stale statistics to show.
+        "schedule": "step",
+        "warmup_epochs": 0,
+        "label_smoothing": 0,
     }
     hypermodel = DenseNetHyperModel(base, fixed={"depth": 16, "growth_rate": 8})
     hp = keras_tuner.HyperParameters()

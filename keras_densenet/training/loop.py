@@ -24,6 +24,7 @@ import numpy as np
 from keras_densenet import _io, rundir
 from keras_densenet.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
 from keras_densenet.evaluation import evaluate
+from keras_densenet.losses import SparseSmoothedCrossentropy
 from keras_densenet.models import build_densenet
 from keras_densenet.training.callbacks import (
     AtomicBackupAndRestore,
@@ -43,15 +44,6 @@ from keras_densenet.training.recipe import (
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user can act on (NaN loss, out of memory)."""
-
-
-def _one_hot(num_classes: int) -> Any:
-    import tensorflow as tf
-
-    def convert(images: Any, labels: Any) -> tuple[Any, Any]:
-        return images, tf.one_hot(tf.cast(labels, tf.int32), num_classes)
-
-    return convert
 
 
 #: Options a resumed run may change: it may run longer or with another
@@ -185,9 +177,6 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
             shuffle=True,
             **data_args,
         )
-    if config.label_smoothing:
-        train_ds = train_ds.map(_one_hot(info.num_classes))
-        val_ds = val_ds.map(_one_hot(info.num_classes))
     steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
@@ -229,11 +218,10 @@ def build_training_model(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
     if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-        metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        loss = SparseSmoothedCrossentropy(config.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
-        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(
         optimizer=make_optimizer(
             config, data.steps_per_epoch * config.epochs, data.global_batch, data.steps_per_epoch
