@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
 
+    from benchmarks.common import synthetic_batch
     from keras_densenet import build_densenet
 
     keras.mixed_precision.set_global_policy(args.precision)
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         jit_compile=args.jit_compile == "on",
     )
     batch = args.batch_size
-    x = np.random.default_rng(0).random((batch * 12, 28, 28, 1), dtype=np.float32)
-    y = np.random.default_rng(1).integers(0, 10, batch * 12)
+    x, y = synthetic_batch(batch * 12, (28, 28, 1), 10)
     model.fit(x[: batch * 3], y[: batch * 3], batch_size=batch, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)

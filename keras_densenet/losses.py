@@ -14,6 +14,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_densenet._validation import check_rate
+
 
 @keras.saving.register_keras_serializable(package="keras_densenet")
 class SparseSmoothedCrossentropy(keras.losses.Loss):
@@ -26,6 +28,7 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         **kwargs: ``keras.losses.Loss`` arguments (``reduction``, ``dtype``).
 
     Raises:
+        TypeError: If ``label_smoothing`` is not a number.
         ValueError: If ``label_smoothing`` is not in [0, 1).
     """
 
@@ -35,10 +38,9 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         name: str = "sparse_smoothed_crossentropy",
         **kwargs: Any,
     ) -> None:
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        label_smoothing = check_rate("label_smoothing", label_smoothing)
         super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = label_smoothing
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Returns the per-example loss.

@@ -14,6 +14,7 @@ from keras_densenet import _io
 from keras_densenet._io import write_json
 from keras_densenet.architecture import resolve_config
 from keras_densenet.tuning.hypermodel import DenseNetHyperModel, PrunedTrialError
+from keras_densenet.tuning.space import ARCH_FIELDS
 from keras_densenet.tuning.tuners import TRIAL_INFO, is_pruned
 
 _CSV_COLUMNS = (
@@ -24,13 +25,7 @@ _CSV_COLUMNS = (
     "trainable_params",
     "epochs",
     "time_s",
-    "depth",
-    "blocks",
-    "growth_rate",
-    "compression",
-    "bottleneck",
-    "dropout_rate",
-    "learning_rate",
+    *ARCH_FIELDS,
     "tuner_id",
     "note",
 )
