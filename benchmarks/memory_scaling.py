@@ -61,33 +61,6 @@ MODULE = "benchmarks.memory_scaling"
 MODES = ("normal", "efficient", "efficient_no_conv", "efficient_bn2")
 
 
-def _bn_train(bn: Any, x: Any) -> tuple[Any, Any, Any]:
-    """Training-mode BatchNormalization without its state update: (y, mean, var)."""
-    import keras
-    from keras import ops
-
-    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    mean, variance = bn._moments(x, None)
-    y = ops.batch_normalization(
-        x,
-        mean,
-        variance,
-        axis=-1,
-        offset=ops.cast(bn.beta, x.dtype),
-        scale=ops.cast(bn.gamma, x.dtype),
-        epsilon=bn.epsilon,
-    )
-    return ops.cast(y, bn.compute_dtype), mean, variance
-
-
-def _update_moving(bn: Any, mean: Any, variance: Any) -> None:
-    from keras import ops
-
-    for moving, batch in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
-        batch = ops.stop_gradient(batch)
-        moving.assign(ops.cast(moving, batch.dtype) * bn.momentum + batch * (1.0 - bn.momentum))
-
-
 def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
     """Variant: rematerialize concat + BN + ReLU only; the 1x1 conv stays outside.
 
@@ -98,17 +71,19 @@ def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
     import keras
     from keras import ops
 
+    from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+
     xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not (training and self.bn1.trainable):
         return self._bottleneck(xs, training)
 
     def concat_bn_relu(*ts: Any) -> tuple[Any, Any, Any]:
         x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
-        y, mean, variance = _bn_train(self.bn1, x)
+        y, mean, variance = batch_norm_pure(self.bn1, x)
         return ops.relu(y), mean, variance
 
     y, mean, variance = keras.remat(concat_bn_relu)(*xs)
-    _update_moving(self.bn1, mean, variance)
+    update_moving_statistics(self.bn1, mean, variance)
     return self.conv1(y)
 
 
@@ -122,20 +97,22 @@ def _call_remat_through_bn2(self: Any, inputs: Any, training: Any = None) -> Any
     import keras
     from keras import ops
 
+    from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+
     xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not (training and self.bn1.trainable and self.bn2.trainable) or self.dropout1:
         return type(self).call(self, inputs, training=training)
 
     def bottleneck(*ts: Any) -> tuple[Any, ...]:
         x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
-        y, mean1, var1 = _bn_train(self.bn1, x)
+        y, mean1, var1 = batch_norm_pure(self.bn1, x)
         y = self.conv1(ops.relu(y))
-        z, mean2, var2 = _bn_train(self.bn2, y)
+        z, mean2, var2 = batch_norm_pure(self.bn2, y)
         return ops.relu(z), mean1, var1, mean2, var2
 
     z, mean1, var1, mean2, var2 = keras.remat(bottleneck)(*xs)
-    _update_moving(self.bn1, mean1, var1)
-    _update_moving(self.bn2, mean2, var2)
+    update_moving_statistics(self.bn1, mean1, var1)
+    update_moving_statistics(self.bn2, mean2, var2)
     x = self.conv2(z)
     return self.dropout2(x, training=training) if self.dropout2 is not None else x
 

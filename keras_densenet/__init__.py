@@ -39,10 +39,7 @@ _EXPORTS = {
     "load_keras_applications_weights": "weights",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 
 if not is_command_line():
     with quiet_native_stderr():

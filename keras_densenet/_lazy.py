@@ -14,8 +14,8 @@ from typing import Any
 
 def lazy_exports(
     package: str, exports: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for a package whose names live in submodules.
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for a package whose names live in submodules.
 
     Args:
         package: The package's ``__name__``.
@@ -24,7 +24,8 @@ def lazy_exports(
             ``"module:attribute"`` exports that attribute under the name.
 
     Returns:
-        The two module-level functions to assign in the package.
+        The two module-level functions and the sorted public names, to
+        assign in the package.
     """
     namespace = importlib.import_module(package).__dict__
 
@@ -41,4 +42,4 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted({*namespace, *exports})
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)

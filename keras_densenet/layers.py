@@ -24,6 +24,7 @@ from keras_densenet.architecture import (
     check_compression,
     compressed_channels,
 )
+from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
 
 _PACKAGE = "keras_densenet"
 
@@ -269,26 +270,11 @@ class DenseLayer(_GrowthLayer):
 
         def bottleneck(*ts: Any) -> tuple[Any, Any, Any]:
             x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
-            # BatchNormalization upcasts half-precision inputs the same way.
-            x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-            mean, variance = bn._moments(x, None)
-            y = ops.batch_normalization(
-                x,
-                mean,
-                variance,
-                axis=-1,
-                offset=ops.cast(bn.beta, x.dtype),
-                scale=ops.cast(bn.gamma, x.dtype),
-                epsilon=bn.epsilon,
-            )
-            y = ops.relu(ops.cast(y, bn.compute_dtype))
-            return self.conv1(y), mean, variance
+            y, mean, variance = batch_norm_pure(bn, x)
+            return self.conv1(ops.relu(y)), mean, variance
 
         out, mean, variance = keras.remat(bottleneck)(*xs)
-        mean, variance = ops.stop_gradient(mean), ops.stop_gradient(variance)
-        for moving, batch in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
-            current = ops.cast(moving, batch.dtype)
-            moving.assign(current * bn.momentum + batch * (1.0 - bn.momentum))
+        update_moving_statistics(bn, mean, variance)
         return out
 
     def call(self, inputs: Any, training: Any = None) -> Any:

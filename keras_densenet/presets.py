@@ -24,6 +24,28 @@ def _preset(config: dict[str, Any], description: str, **metadata: Any) -> Mappin
     )
 
 
+def _config(
+    stem: str,
+    growth_rate: int,
+    num_init_features: int,
+    compression: float = 0.5,
+    bottleneck: bool = True,
+    **layout: Any,
+) -> dict[str, Any]:
+    """`build_densenet` arguments; ``layout`` is ``blocks=`` or ``depth=``."""
+    imagenet = stem == IMAGENET_STEM
+    return {
+        **layout,
+        "growth_rate": growth_rate,
+        "compression": compression,
+        "bottleneck": bottleneck,
+        "num_init_features": num_init_features,
+        "stem": stem,
+        "input_shape": (224, 224, 3) if imagenet else (32, 32, 3),
+        "num_classes": 1000 if imagenet else 10,
+    }
+
+
 def _imagenet(
     blocks: tuple[int, ...],
     params: int,
@@ -31,18 +53,8 @@ def _imagenet(
     num_init_features: int = 64,
     **metadata: Any,
 ) -> Mapping[str, Any]:
-    config = {
-        "blocks": blocks,
-        "growth_rate": growth_rate,
-        "compression": 0.5,
-        "bottleneck": True,
-        "num_init_features": num_init_features,
-        "stem": IMAGENET_STEM,
-        "input_shape": (224, 224, 3),
-        "num_classes": 1000,
-    }
     return _preset(
-        config,
+        _config(IMAGENET_STEM, growth_rate, num_init_features, blocks=blocks),
         f"ImageNet DenseNet-BC, blocks {blocks}, k={growth_rate}",
         params=params,
         **metadata,
@@ -52,18 +64,8 @@ def _imagenet(
 def _cifar(
     depth: int, growth_rate: int, trainable_params: int, **metadata: Any
 ) -> Mapping[str, Any]:
-    config = {
-        "depth": depth,
-        "growth_rate": growth_rate,
-        "compression": 0.5,
-        "bottleneck": True,
-        "num_init_features": 2 * growth_rate,
-        "stem": CIFAR_STEM,
-        "input_shape": (32, 32, 3),
-        "num_classes": 10,
-    }
     return _preset(
-        config,
+        _config(CIFAR_STEM, growth_rate, 2 * growth_rate, depth=depth),
         f"CIFAR DenseNet-BC (L={depth}, k={growth_rate})",
         trainable_params=trainable_params,
         **metadata,
@@ -93,16 +95,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "densenet_bc_250_24": _cifar(250, 24, 15_324_406, params=15_582_382, cifar10_error=3.62),
         "densenet_bc_190_40": _cifar(190, 40, 25_624_430, params=25_881_390, cifar10_error=3.46),
         "densenet_40_12": _preset(
-            {
-                "depth": 40,
-                "growth_rate": 12,
-                "compression": 1.0,
-                "bottleneck": False,
-                "num_init_features": 16,
-                "stem": CIFAR_STEM,
-                "input_shape": (32, 32, 3),
-                "num_classes": 10,
-            },
+            _config(CIFAR_STEM, 12, 16, compression=1.0, bottleneck=False, depth=40),
             "The paper's plain DenseNet (L=40, k=12): 3x3 convolutions only, no compression",
             cifar10_error=5.24,
         ),
