@@ -60,29 +60,42 @@ def pytest_configure(config):
     )
 
 
+def pytest_collection_modifyitems(items):
+    # The category travels in the report's user_properties, so the reports
+    # that pytest-xdist's workers send back carry it to the controller.
+    for item in items:
+        marker = item.get_closest_marker("reliability")
+        if marker is not None:
+            item.user_properties.append(("reliability", marker.args[0] if marker.args else "other"))
+
+
+#: Reliability cases that started (a setup report) and their outcomes.
+_RELIABILITY_STARTED: set[str] = set()
+
+
 def pytest_runtest_logreport(report):
-    category = _RELIABILITY_CATEGORIES.get(report.nodeid)
+    category = dict(report.user_properties).get("reliability")
     if category is None:
         return
+    if report.when == "setup":
+        _RELIABILITY_STARTED.add(report.nodeid)
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         _RELIABILITY.append((category, report.nodeid.split("::", 1)[-1], report.outcome))
 
 
-_RELIABILITY_CATEGORIES: dict[str, str] = {}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        marker = item.get_closest_marker("reliability")
-        if marker is not None:
-            _RELIABILITY_CATEGORIES[item.nodeid] = marker.args[0] if marker.args else "other"
-
-
 def pytest_sessionfinish(session, exitstatus):
-    # Only when asked, and only from a run that executed every reliability case:
-    # a test run never rewrites a tracked file on its own.
+    # Only when asked, only from a run that selected every reliability case
+    # (``-m reliability``) and finished each one it started: a test run never
+    # rewrites a tracked file on its own.
     path = session.config.getoption("--reliability-report")
-    if not path or not _RELIABILITY or len(_RELIABILITY) < len(_RELIABILITY_CATEGORIES):
+    markexpr = session.config.getoption("markexpr") or ""
+    if (
+        not path
+        or markexpr != "reliability"
+        or session.config.getoption("keyword")
+        or not _RELIABILITY
+        or len(_RELIABILITY) < len(_RELIABILITY_STARTED)
+    ):
         return
     import platform
     import time
