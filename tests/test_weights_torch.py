@@ -120,7 +120,17 @@ def _logits(net: TorchDenseNet, images: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+#: densenet169/201 differ from densenet121 only in block lengths: -m slow.
+_SLOW_ARCHITECTURES = ("densenet169", "densenet201")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_ARCHITECTURES else name
+        for name in sorted(ARCHITECTURES)
+    ],
+)
 def test_torchvision_checkpoints_give_the_same_logits(tmp_path, name):
     from safetensors.torch import save_file
 
