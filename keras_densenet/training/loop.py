@@ -315,22 +315,6 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         keras.distribution.set_distribution(previous)
 
 
-def _macs_per_image(config: TrainConfig, data: TrainingData) -> int:
-    """The run's model's multiply-accumulates per image (a float32 probe build)."""
-    from keras_densenet.analysis import count_macs
-
-    with dtype_policy("float32"):
-        probe = build_densenet(
-            config.preset,
-            **config.architecture(),
-            input_shape=data.info.image_shape,
-            num_classes=data.info.num_classes,
-        )
-    if config.seed is not None:  # the real model gets the same weights as without the probe
-        keras.utils.set_random_seed(config.seed)
-    return count_macs(probe)
-
-
 def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seed is not None:
@@ -348,8 +332,7 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     data = load_training_data(config, replicas)
     global_batch = data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
-    precision = resolve_precision(config.precision, macs=lambda: _macs_per_image(config, data))
-    with dtype_policy(precision), scope:
+    with dtype_policy(config.precision), scope:
         model = build_training_model(config, data, strategy)
     jit = bool(model.jit_compile)
     if config.verbose:
@@ -444,7 +427,7 @@ def describe_run(
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
         f"{info.num_classes} classes) | {model.name} ({trainable:,} trainable params) | "
         f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
-        f"{model.dtype_policy.name}, XLA {'on' if jit else 'off'} | "
+        f"{resolve_precision(config.precision)}, XLA {'on' if jit else 'off'} | "
         f"{config.out}{resumed}"
     )
 
@@ -508,7 +491,7 @@ def _finish_run(
         "bn_momentum": config.bn_momentum,
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "precision": model.dtype_policy.name,
+        "precision": resolve_precision(config.precision),
         "optimizer": type(model.optimizer).__name__,
         "jit_compile": jit,
         "replicas": replicas,
