@@ -353,15 +353,6 @@ class BatchNormRecalibration(keras.callbacks.Callback):
             self._saved = None
 
 
-__all__ = [
-    "DEFAULT_STEPS",
-    "BatchNormRecalibration",
-    "BatchNormRecalibrator",
-    "batchnorm_layers",
-    "recalibrate_batchnorm",
-]
-
-
 def batch_norm_pure(bn: keras.layers.BatchNormalization, x: Any) -> tuple[Any, Any, Any]:
     """Training-mode BatchNormalization without its state update.
 
@@ -406,3 +397,14 @@ def update_moving_statistics(bn: keras.layers.BatchNormalization, mean: Any, var
     for moving, batch in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
         current = ops.cast(moving, batch.dtype)
         moving.assign(current * bn.momentum + batch * (1.0 - bn.momentum))
+
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "BatchNormRecalibration",
+    "BatchNormRecalibrator",
+    "batch_norm_pure",
+    "batchnorm_layers",
+    "recalibrate_batchnorm",
+    "update_moving_statistics",
+]

@@ -185,8 +185,7 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
     """
     import keras
 
-    import keras_densenet.layers
-    import keras_densenet.losses  # noqa: F401  (and the loss)
+    from keras_densenet import layers, losses  # noqa: F401  (registers them with Keras)
 
     path = model_file(path)
     if not zipfile.is_zipfile(path):

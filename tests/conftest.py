@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(items):
             item.user_properties.append(("reliability", marker.args[0] if marker.args else "other"))
 
 
-#: Reliability cases that started (a setup report) and their outcomes.
+#: Node ids of the reliability cases that started (sent a setup report).
 _RELIABILITY_STARTED: set[str] = set()
 
 

@@ -22,7 +22,11 @@ import keras
 import numpy as np
 
 from keras_densenet import _io, rundir
-from keras_densenet.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
+from keras_densenet.batchnorm import (
+    BatchNormRecalibration,
+    BatchNormRecalibrator,
+    recalibrate_batchnorm,
+)
 from keras_densenet.evaluation import evaluate
 from keras_densenet.losses import SparseSmoothedCrossentropy
 from keras_densenet.models import build_densenet
@@ -260,9 +264,10 @@ def _recalibrate_best(
     held_out = bool(config.validation_fraction)
     if held_out:
         ema = evaluate(best, config.dataset, **val_args)["accuracy"]
+        moving_averages = BatchNormRecalibrator(best).snapshot()
     recalibrate_batchnorm(best, data.recalibration, config.bn_recalibrate_steps)
     if held_out and evaluate(best, config.dataset, **val_args)["accuracy"] < ema:
-        best.set_weights(rundir.load_model(best_path).get_weights())
+        BatchNormRecalibrator(best).restore(moving_averages)
         return "moving averages"
     # best.keras is what gets evaluated and exported; last.keras keeps the
     # moving averages of the training state.
