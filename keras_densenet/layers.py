@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_densenet._validation import check_positive_int, check_rate
+from keras_densenet._validation import check_bool, check_positive_int, check_rate
 from keras_densenet.architecture import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -59,12 +59,14 @@ def _bn(name: str, layer: keras.layers.Layer) -> keras.layers.BatchNormalization
     )
 
 
-def _conv(filters: int, size: int, name: str, layer: keras.layers.Layer) -> keras.layers.Conv2D:
+def _conv(
+    filters: int, size: int, name: str, layer: keras.layers.Layer, use_bias: bool = False
+) -> keras.layers.Conv2D:
     return keras.layers.Conv2D(
         filters,
         size,
         padding="same",
-        use_bias=False,
+        use_bias=use_bias,
         # A fresh instance per convolution: Keras reuses an unseeded
         # initializer's values across calls, which would tie kernels together.
         # (from_config, not serialize: Keras's serializer imports TensorFlow
@@ -131,6 +133,7 @@ class _GrowthLayer(_DenseNetLayer):
         bottleneck: bool,
         bottleneck_width: int,
         memory_efficient: bool,
+        folded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,14 +141,23 @@ class _GrowthLayer(_DenseNetLayer):
         self.bottleneck = bool(bottleneck)
         self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
         self.memory_efficient = bool(memory_efficient)
+        if check_bool("folded", folded) and not self.bottleneck:
+            raise ValueError(
+                "`folded=True` needs `bottleneck=True`: without the 1x1 bottleneck no "
+                "BatchNormalization follows a convolution, so there is nothing to fold."
+            )
+        self.folded = folded
 
     def _own_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "growth_rate": self.growth_rate,
             "bottleneck": self.bottleneck,
             "bottleneck_width": self.bottleneck_width,
             "memory_efficient": self.memory_efficient,
         }
+        if self.folded:  # configs of ordinary layers stay as they were
+            config["folded"] = True
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -177,6 +189,10 @@ class DenseLayer(_GrowthLayer):
             1.001e-5; PyTorch's is 1e-5).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
+        folded: The inference form that `keras_densenet.fold_batchnorm` builds:
+            the BatchNormalization after the 1x1 bottleneck convolution is
+            folded into that convolution's kernel and bias, so the layer is
+            BN-ReLU-Conv1x1(bias)-ReLU-Conv3x3. Needs ``bottleneck=True``.
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Raises:
@@ -199,6 +215,7 @@ class DenseLayer(_GrowthLayer):
         bn_epsilon: float = BN_EPSILON,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
+        folded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -206,6 +223,7 @@ class DenseLayer(_GrowthLayer):
             bottleneck,
             bottleneck_width,
             memory_efficient,
+            folded,
             dropout_rate=dropout_rate,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
@@ -217,8 +235,10 @@ class DenseLayer(_GrowthLayer):
         prefix = self.name
         if self.bottleneck:
             self.bn1 = _bn(f"{prefix}_0_bn", self)
-            self.conv1 = _conv(bottleneck_width * growth_rate, 1, f"{prefix}_1_conv", self)
-            self.bn2 = _bn(f"{prefix}_1_bn", self)
+            self.conv1 = _conv(
+                bottleneck_width * growth_rate, 1, f"{prefix}_1_conv", self, use_bias=self.folded
+            )
+            self.bn2 = None if self.folded else _bn(f"{prefix}_1_bn", self)
         else:
             self.bn1 = None
             self.conv1 = None
@@ -247,7 +267,8 @@ class DenseLayer(_GrowthLayer):
             self.bn1.build(shape)
             self.conv1.build(shape)
             shape = (*shape[:-1], self.bottleneck_width * self.growth_rate)
-        self.bn2.build(shape)
+        if self.bn2 is not None:
+            self.bn2.build(shape)
         self.conv2.build(shape)
 
     def _bottleneck(self, inputs: Any, training: Any = None) -> Any:
@@ -287,7 +308,9 @@ class DenseLayer(_GrowthLayer):
                 x = self.dropout1(x, training=training)
         else:
             x = ops.concatenate(inputs, axis=-1) if isinstance(inputs, (list, tuple)) else inputs
-        x = self.conv2(ops.relu(self.bn2(x, training=training)))
+        if self.bn2 is not None:
+            x = self.bn2(x, training=training)
+        x = self.conv2(ops.relu(x))
         if self.dropout2 is not None:
             x = self.dropout2(x, training=training)
         return x
@@ -319,6 +342,7 @@ class DenseBlock(_GrowthLayer):
         bn_epsilon: BatchNormalization epsilon (default 1.001e-5).
         kernel_initializer: Initializer of the convolution kernels.
         kernel_regularizer: Optional regularizer of the convolution kernels.
+        folded: Every layer in its inference form (see `DenseLayer`).
         **kwargs: Base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Raises:
@@ -342,6 +366,7 @@ class DenseBlock(_GrowthLayer):
         bn_epsilon: float = BN_EPSILON,
         kernel_initializer: Any = "he_normal",
         kernel_regularizer: Any = None,
+        folded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -349,6 +374,7 @@ class DenseBlock(_GrowthLayer):
             bottleneck,
             bottleneck_width,
             memory_efficient,
+            folded,
             dropout_rate=dropout_rate,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
@@ -368,6 +394,7 @@ class DenseBlock(_GrowthLayer):
                 bn_epsilon=self.bn_epsilon,
                 kernel_initializer=self.kernel_initializer,
                 kernel_regularizer=self.kernel_regularizer,
+                folded=self.folded,
                 name=f"{self.name}_block{i + 1}",
                 dtype=self.dtype_policy,
             )

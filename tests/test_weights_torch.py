@@ -1,8 +1,9 @@
 """PyTorch checkpoints (torchvision, timm layout) load into the matching presets.
 
-The PyTorch side is a torchvision-equivalent DenseNet written here (the CPU
-build of torch has no torchvision), randomly initialised, running statistics
-included, saved as ``.pth`` and ``.safetensors``.
+The PyTorch side is the torchvision-equivalent DenseNet of
+``benchmarks/torch_densenet.py`` (the CPU build of torch has no torchvision),
+randomly initialised, running statistics included, saved as ``.pth`` and
+``.safetensors``.
 """
 
 from __future__ import annotations
@@ -24,95 +25,12 @@ except ImportError as err:  # a required test dependency: fail, do not skip
     raise ImportError(
         "These tests need PyTorch's CPU build: bash .ci/setup installs torch==2.13.0+cpu"
     ) from err
-nn = torch.nn
 
-ARCHITECTURES = {
-    "densenet121": (32, (6, 12, 24, 16), 64),
-    "densenet161": (48, (6, 12, 36, 24), 96),
-    "densenet169": (32, (6, 12, 32, 32), 64),
-    "densenet201": (32, (6, 12, 48, 32), 64),
-}
-
-
-class _Layer(nn.Module):
-    def __init__(self, channels: int, growth: int, bn_size: int = 4) -> None:
-        super().__init__()
-        self.norm1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU()
-        self.conv1 = nn.Conv2d(channels, bn_size * growth, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth)
-        self.relu2 = nn.ReLU()
-        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
-
-    def forward(self, features):
-        x = torch.cat(features, 1)
-        x = self.conv1(self.relu1(self.norm1(x)))
-        return self.conv2(self.relu2(self.norm2(x)))
-
-
-class _Block(nn.ModuleDict):
-    def __init__(self, layers: int, channels: int, growth: int) -> None:
-        super().__init__(
-            {f"denselayer{i + 1}": _Layer(channels + i * growth, growth) for i in range(layers)}
-        )
-
-    def forward(self, x):
-        features = [x]
-        for layer in self.values():
-            features.append(layer(features))
-        return torch.cat(features, 1)
-
-
-class _Transition(nn.Sequential):
-    def __init__(self, channels: int, out: int) -> None:
-        super().__init__(
-            OrderedDict(
-                norm=nn.BatchNorm2d(channels),
-                relu=nn.ReLU(),
-                conv=nn.Conv2d(channels, out, 1, bias=False),
-                pool=nn.AvgPool2d(2, 2),
-            )
-        )
-
-
-class TorchDenseNet(nn.Module):
-    """torchvision's DenseNet layout: features.{conv0,norm0,denseblockN,transitionN,norm5}."""
-
-    def __init__(self, growth: int, blocks: tuple[int, ...], stem: int, classes: int = 1000):
-        super().__init__()
-        parts = OrderedDict(
-            conv0=nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False),
-            norm0=nn.BatchNorm2d(stem),
-            relu0=nn.ReLU(),
-            pool0=nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        channels = stem
-        for i, layers in enumerate(blocks):
-            parts[f"denseblock{i + 1}"] = _Block(layers, channels, growth)
-            channels += layers * growth
-            if i < len(blocks) - 1:
-                parts[f"transition{i + 1}"] = _Transition(channels, channels // 2)
-                channels //= 2
-        parts["norm5"] = nn.BatchNorm2d(channels)
-        self.features = nn.Sequential(parts)
-        self.classifier = nn.Linear(channels, classes)
-
-    def forward(self, x):
-        x = torch.relu(self.features(x))
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _random_torch_densenet(name: str, seed: int = 0) -> TorchDenseNet:
-    torch.manual_seed(seed)
-    net = TorchDenseNet(*ARCHITECTURES[name])
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):  # statistics a trained net would have
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-                module.running_mean.uniform_(-0.3, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+from benchmarks.torch_densenet import (  # after the torch check
+    ARCHITECTURES,
+    TorchDenseNet,
+    random_torch_densenet,
+)
 
 
 def _logits(net: TorchDenseNet, images: np.ndarray) -> np.ndarray:
@@ -134,7 +52,7 @@ _SLOW_ARCHITECTURES = ("densenet169", "densenet201")
 def test_torchvision_checkpoints_give_the_same_logits(tmp_path, name):
     from safetensors.torch import save_file
 
-    net = _random_torch_densenet(name)
+    net = random_torch_densenet(name)
     images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
     expected = _logits(net, images)
     pth = tmp_path / f"{name}.pth"
@@ -156,7 +74,7 @@ def test_torchvision_checkpoints_give_the_same_logits(tmp_path, name):
 
 
 def test_old_key_format_and_features_only(tmp_path):
-    net = _random_torch_densenet("densenet121", seed=3)
+    net = random_torch_densenet("densenet121", seed=3)
     state = net.state_dict()
     old = OrderedDict()
     for key, value in state.items():
@@ -200,8 +118,8 @@ def test_mismatched_and_broken_checkpoints_change_nothing(tmp_path):
     model = build_densenet("densenet121", input_shape=(64, 64, 3), bn_epsilon=1e-5)
     before = [w.copy() for w in model.get_weights()]
     other = tmp_path / "densenet169.pth"
-    torch.save(_random_torch_densenet("densenet169").state_dict(), other)
-    good = _random_torch_densenet("densenet121").state_dict()
+    torch.save(random_torch_densenet("densenet169").state_dict(), other)
+    good = random_torch_densenet("densenet121").state_dict()
     missing = OrderedDict(good)
     del missing["features.norm5.running_var"]
     extra = OrderedDict(good, **{"features.extra.weight": torch.zeros(3)})
@@ -233,7 +151,7 @@ def test_mismatched_and_broken_checkpoints_change_nothing(tmp_path):
 
 
 def test_convert_weights_command(tmp_path):
-    net = _random_torch_densenet("densenet121", seed=5)
+    net = random_torch_densenet("densenet121", seed=5)
     source = tmp_path / "tv.pth"
     torch.save(net.state_dict(), source)
     out = tmp_path / "densenet121.weights.h5"
@@ -286,7 +204,7 @@ def test_torch_preprocessing_matches_torchvision_conventions():
     std = np.array([0.229, 0.224, 0.225]) * 255
     np.testing.assert_allclose(normalized, (cropped - mean) / std, rtol=1e-5, atol=1e-5)
     # A model built with normalization="imagenet" takes the raw pixels instead.
-    net = _random_torch_densenet("densenet121", seed=6)
+    net = random_torch_densenet("densenet121", seed=6)
     path_images = cropped[None].astype(np.float32)
     model = build_densenet(
         "densenet121", normalization="imagenet", bn_epsilon=1e-5, classifier_activation=None

@@ -272,6 +272,13 @@ def _add_export(sub: Any) -> None:
         "models; float16/bfloat16 keep a low-precision graph for GPU serving)",
     )
     export.add_argument(
+        "--no-fold-batchnorm",
+        dest="fold_batchnorm",
+        action="store_false",
+        help="export the graph as trained; by default each BatchNormalization that follows a "
+        "convolution is folded into it (same outputs, ~12%% lower latency on DenseNet-121)",
+    )
+    export.add_argument(
         "--max-image-pixels",
         type=_int(1, 2**40),
         default=MAX_PIXELS,

@@ -162,11 +162,15 @@ def _export(args: argparse.Namespace) -> int:
         version=args.version,
         overwrite=args.overwrite,
         serving_dtype=args.serving_dtype,
+        fold_batchnorm=args.fold_batchnorm,
         max_image_pixels=args.max_image_pixels,
         allow_unsafe=args.allow_unsafe,
     )
     info = export.read_export_info(path)
-    print(f"exported SavedModel {path} (serving dtype {info['serving_dtype']})")
+    print(
+        f"exported SavedModel {path} (serving dtype {info['serving_dtype']}, "
+        f"{info['batchnorm_folded']} BatchNormalizations folded into convolutions)"
+    )
     if args.tflite:
         tflite = export.export_tflite(
             args.model,

@@ -39,6 +39,7 @@ _EXPORTS = {
     "export_onnx": "onnx",
     "export_savedmodel": "savedmodel",
     "export_tflite": "tflite",
+    "fold_batchnorm": "folding",
     "list_versions": "versions",
     "load_image_files": "keras_densenet.images",
     "load_keras_model": "model",

@@ -1,0 +1,147 @@
+"""BatchNormalization folded into the convolution before it (the serving graph)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_densenet import DenseBlock, DenseLayer, build_densenet
+from keras_densenet.export import export_savedmodel, fold_batchnorm, read_export_info
+from keras_densenet.export.folding import batchnorm_count
+
+
+def _trained_looking(model: keras.Model, seed: int = 0) -> keras.Model:
+    """BatchNorm parameters and statistics far from their initial 1/0 values."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.uniform(-0.2, 0.2, n))
+            layer.moving_mean.assign(rng.uniform(-0.3, 0.3, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+    return model
+
+
+def _logits(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    # The pre-softmax features: probabilities of an untrained head saturate.
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    return np.asarray(features(images, training=False))
+
+
+def _imagenet_stem_model(**overrides: object) -> keras.Model:
+    args = {
+        "blocks": (2, 3),
+        "growth_rate": 8,
+        "num_init_features": 16,
+        "stem": "imagenet",
+        "input_shape": (64, 64, 3),
+        "num_classes": 5,
+        "normalization": "imagenet",
+    }
+    return _trained_looking(build_densenet(**{**args, **overrides}))
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_folded_model_computes_the_same_function(memory_efficient: bool) -> None:
+    model = _imagenet_stem_model(memory_efficient=memory_efficient)
+    before = [w.copy() for w in model.get_weights()]
+    images = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    folded = fold_batchnorm(model)
+    expected = _logits(model, images)
+    np.testing.assert_allclose(
+        _logits(folded, images), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max()
+    )
+    np.testing.assert_allclose(
+        folded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+    # The stem's BN and each of the 5 bottleneck BNs are gone; the model is untouched.
+    assert batchnorm_count(model) - batchnorm_count(folded) == 1 + 5
+    assert folded.get_layer("conv1_conv").use_bias
+    assert not model.get_layer("conv1_conv").use_bias
+    assert isinstance(folded.get_layer("conv1_bn"), keras.layers.Identity)
+    block = folded.get_layer("conv2")
+    assert isinstance(block, DenseBlock) and block.folded
+    assert all(layer.bn2 is None and layer.conv1.use_bias for layer in block.dense_layers)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_folded_model_saves_and_reloads(tmp_path) -> None:
+    folded = fold_batchnorm(_imagenet_stem_model())
+    images = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    path = tmp_path / "folded.keras"
+    folded.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(_logits(reloaded, images), _logits(folded, images), rtol=1e-6)
+    assert reloaded.get_layer("conv2").get_config()["folded"] is True
+
+
+def test_nothing_to_fold_returns_the_model() -> None:
+    # DenseNet (no bottleneck) with the CIFAR stem: every BN reads a concatenation.
+    model = build_densenet(
+        blocks=(2, 2), growth_rate=4, num_init_features=8, stem="cifar",
+        input_shape=(16, 16, 1), bottleneck=False,
+    )  # fmt: skip
+    assert fold_batchnorm(model) is model
+    # Folding twice is folding once.
+    folded = fold_batchnorm(_imagenet_stem_model())
+    assert fold_batchnorm(folded) is folded
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="functional"):
+        fold_batchnorm(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="`model` must be a functional"):
+        fold_batchnorm("model.keras")
+    with pytest.raises(ValueError, match="bottleneck=True"):
+        DenseLayer(4, bottleneck=False, folded=True)
+    with pytest.raises(TypeError, match="`folded` must be True or False"):
+        DenseBlock(2, 4, folded="yes")
+
+
+def test_a_conv_read_by_two_layers_is_not_folded() -> None:
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    bn = keras.layers.BatchNormalization(name="conv_bn")(conv)
+    model = keras.Model(inputs, keras.layers.Add()([bn, conv]))
+    assert fold_batchnorm(model) is model
+
+
+def test_export_folds_by_default_and_records_it(tmp_path) -> None:
+    model = _imagenet_stem_model()
+    images = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    folded_dir = export_savedmodel(model, tmp_path / "m", version=1)
+    plain_dir = export_savedmodel(model, tmp_path / "m", version=2, fold_batchnorm=False)
+    assert read_export_info(folded_dir)["batchnorm_folded"] == 6
+    assert read_export_info(plain_dir)["batchnorm_folded"] == 0
+    import tensorflow as tf
+
+    outputs = [
+        tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(images))
+        for path in (folded_dir, plain_dir)
+    ]
+    np.testing.assert_allclose(
+        outputs[0]["probabilities"].numpy(), outputs[1]["probabilities"].numpy(), atol=1e-6
+    )
+    np.testing.assert_array_equal(outputs[0]["classes"].numpy(), outputs[1]["classes"].numpy())
+    with pytest.raises(TypeError, match="fold_batchnorm"):
+        export_savedmodel(model, tmp_path / "m", fold_batchnorm="no")
+    assert json.loads((tmp_path / "m" / "1" / "assets.extra" / "export.json").read_text())
+
+
+def test_cli_export_folds_unless_told_not_to(tmp_path, capsys) -> None:
+    from keras_densenet.cli import main
+
+    path = tmp_path / "tiny.keras"
+    build_densenet(
+        blocks=(1, 2), growth_rate=4, num_init_features=8, stem="cifar", input_shape=(16, 16, 1)
+    ).save(path)
+    assert main(["export", str(path), "--out", str(tmp_path / "m")]) == 0
+    assert "3 BatchNormalizations folded" in capsys.readouterr().out
+    assert main(["export", str(path), "--out", str(tmp_path / "m"), "--no-fold-batchnorm"]) == 0
+    assert "0 BatchNormalizations folded" in capsys.readouterr().out
+    assert read_export_info(tmp_path / "m" / "2")["batchnorm_folded"] == 0
