@@ -236,6 +236,10 @@ def run_fast(*args, cwd=None):
         (("tune", "--range", "compression=0.9,0.1"), ("compression", "low > high")),
         (("tune", "--fix", "colour=red"), ("colour",)),
         (("tune", "--max-trials", "0"), ("--max-trials",)),
+        (("predict", "missing.keras", "--sample", "1"), ("missing.keras", "not found")),
+        (("evaluate", "missing.keras"), ("missing.keras", "not found")),
+        (("export", "missing_run", "--out", "x"), ("missing_run", "not found")),
+        (("export", "/etc/hostname", "--out", "x"), ("/etc/hostname", ".keras")),
     ],
 )
 def test_bad_values_fail_at_once_naming_the_flag(args, needles, tmp_path):
@@ -275,6 +279,30 @@ def test_config_file_fields_are_type_checked(content, needles, tmp_path):
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.reliability("bad_input")
+def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "last.keras").write_bytes(b"never loaded: each case is refused first")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "served" / "1").mkdir(parents=True)
+    for args, needles in (
+        (("evaluate", str(tmp_path / "empty")), ("not a training run directory",)),
+        (("train", "--out", str(run)), ("--resume", "--out")),
+        (("export", str(run / "config.json"), "--out", "x"), (".keras",)),
+        (("export", str(run), "--out", str(tmp_path / "served"), "--version", "1"),
+         ("version 1 already exists", "--overwrite")),
+    ):  # fmt: skip
+        proc = run_fast(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and all(n in lines[0] for n in needles), proc.stderr
+        assert "TF_NOT_IMPORTED" in proc.stdout, args
+    assert sorted(os.listdir(tmp_path)) == ["empty", "run", "served"]
+    assert sorted(os.listdir(run)) == ["config.json", "last.keras"]
 
 
 def test_help_is_fast_and_complete():

@@ -73,6 +73,13 @@ def _train(args: argparse.Namespace) -> int:
     if "preset" not in options and not ({"depth", "blocks"} & set(options)):
         options["preset"] = TrainConfig.preset
     config = TrainConfig.from_dict(options)
+    from keras_densenet import rundir  # no TensorFlow
+
+    if not config.resume and os.path.exists(os.path.join(config.out, rundir.CONFIG)):
+        raise UsageError(
+            f"--out {config.out!r} already holds a run: pass --resume to continue it, or choose "
+            "another --out"
+        )
     _import_keras()
     from keras_densenet.training import TrainingError, train
 
@@ -92,7 +99,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_path(path: str, savedmodel: bool = False) -> None:
+    """Refuses a missing model before TensorFlow is imported (seconds of start-up)."""
+    from keras_densenet import rundir
+
+    if savedmodel and os.path.isdir(path):
+        return  # a SavedModel or run directory: the library tells which
+    if not os.path.exists(path):
+        raise UsageError(f"model file or directory not found: {path!r}")
+    if not savedmodel:
+        rundir.model_file(path)  # a run directory without a model, a file that is not .keras
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    _model_path(args.model)
     _import_keras()
     from keras_densenet.evaluation import evaluate
 
@@ -145,6 +165,14 @@ def _calibration(args: argparse.Namespace) -> Any:
 
 
 def _export(args: argparse.Namespace) -> int:
+    _model_path(args.model)
+    if args.version is not None and args.format != "onnx" and not args.overwrite:
+        existing = os.path.join(args.out, str(args.version))
+        if os.path.exists(existing):
+            raise UsageError(
+                f"version {args.version} already exists at {existing!r}: pass --overwrite to "
+                "replace it, or leave out --version for the next free version"
+            )
     _import_keras()
     from keras_densenet import export
 
@@ -203,6 +231,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError("give image files or --sample N")
     if args.images and args.sample:
         raise UsageError("give either image files or --sample N, not both")
+    _model_path(args.model, savedmodel=True)
     _import_keras()
     from keras_densenet import export
 
