@@ -18,11 +18,13 @@ from keras_densenet.training import (
     AtomicModelCheckpoint,
     TrainConfig,
     TrainingError,
+    load_model,
     make_optimizer,
     resolve_jit_compile,
     resolve_precision,
     train,
 )
+from keras_densenet.training.recipe import CPU_BFLOAT16_MIN_MACS
 
 #: A small DenseNet-BC (2 layers per block, k=8) that learns Fashion-MNIST fast.
 SMALL = {"preset": "densenet_bc_100_12", "depth": 16, "growth_rate": 8}
@@ -216,20 +218,49 @@ def test_auto_precision_follows_the_hardware(gpus, cpu_bfloat16, expected):
         assert resolve_precision(fixed, gpus=gpus, cpu_bfloat16=cpu_bfloat16) == fixed
 
 
-def test_auto_precision_on_this_machine(tmp_path):
-    with open("/proc/cpuinfo") as f:
-        has_bf16 = "avx512_bf16" in f.read()
-    summary = train(
-        {
-            **TINY,
-            "epochs": 1,
-            "steps_per_epoch": 2,
-            "precision": "auto",
-            "out": str(tmp_path / "auto"),
-            "verbose": 0,
-        }
+@pytest.mark.parametrize(
+    ("gpus", "cpu_bfloat16", "macs", "expected"),
+    [
+        ([], True, CPU_BFLOAT16_MIN_MACS, "mixed_bfloat16"),  # large enough: bf16 pays
+        ([], True, CPU_BFLOAT16_MIN_MACS - 1, "float32"),  # small: the casts cost more
+        ([], False, CPU_BFLOAT16_MIN_MACS * 10, "float32"),
+    ],
+)
+def test_auto_precision_on_a_cpu_follows_the_model_size(gpus, cpu_bfloat16, macs, expected):
+    calls = []
+
+    def count():
+        calls.append(1)
+        return macs
+
+    assert resolve_precision("auto", gpus=gpus, cpu_bfloat16=cpu_bfloat16, macs=count) == expected
+    assert len(calls) == (1 if cpu_bfloat16 else 0)  # counted only when it decides
+    assert resolve_precision("auto", gpus=[(8, 0)], cpu_bfloat16=True, macs=count) == (
+        "mixed_float16"
     )
-    assert summary["precision"] == ("mixed_bfloat16" if has_bf16 else "float32")
+    assert len(calls) == (1 if cpu_bfloat16 else 0)
+
+
+def test_auto_precision_on_this_machine(tmp_path):
+    # TINY is far below CPU_BFLOAT16_MIN_MACS: float32 on every CPU, and the
+    # model-size probe leaves the seeded weights as an explicit float32 run's.
+    runs = {}
+    for precision in ("auto", "float32"):
+        summary = train(
+            {
+                **TINY,
+                "epochs": 1,
+                "steps_per_epoch": 2,
+                "seed": 3,
+                "precision": precision,
+                "out": str(tmp_path / precision),
+                "verbose": 0,
+            }
+        )
+        assert summary["precision"] == "float32"
+        runs[precision] = load_model(str(tmp_path / precision)).get_weights()
+    for auto, fixed in zip(runs["auto"], runs["float32"], strict=True):
+        np.testing.assert_array_equal(auto, fixed)
     with open(os.path.join(tmp_path, "auto", "config.json")) as f:
         assert json.load(f)["precision"] == "auto"  # a resume on other hardware re-resolves
 

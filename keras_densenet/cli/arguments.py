@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -37,9 +38,17 @@ class UsageError(ValueError):
     """A bad command-line value found after parsing."""
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Prints one line on stderr and exits with ``code``."""
-    print(" ".join(str(message).split()), file=sys.stderr)
+def fail(message: str, code: int = 2, *, at_once: bool = False) -> NoReturn:
+    """Prints one line on stderr and exits with ``code``.
+
+    ``at_once`` leaves without the interpreter's teardown (``os._exit``), for
+    a process that ran out of memory: freeing TensorFlow variables there can
+    crash it (SIGSEGV) after the message was printed.
+    """
+    print(" ".join(str(message).split()), file=sys.stderr, flush=True)
+    if at_once:
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
 
 

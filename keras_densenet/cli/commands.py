@@ -81,12 +81,12 @@ def _train(args: argparse.Namespace) -> int:
             "another --out"
         )
     _import_keras()
-    from keras_densenet.training import TrainingError, train
+    from keras_densenet.training import OutOfMemoryError, TrainingError, train
 
     try:
         summary = train(config)
     except TrainingError as err:
-        fail(f"{PROG} train: {err}", code=1)
+        fail(f"{PROG} train: {err}", code=1, at_once=isinstance(err, OutOfMemoryError))
     if summary.get("already_complete"):
         print(
             f"run {config.out} is already complete ({summary.get('epochs')} epochs): nothing to do"

@@ -33,6 +33,7 @@ _EXPORTS = {
     "ThroughputMeter": "callbacks",
     "TrainConfig": "config",
     "TrainingData": "loop",
+    "OutOfMemoryError": "loop",
     "TrainingError": "loop",
     "build_training_model": "loop",
     "dtype_policy": "recipe",

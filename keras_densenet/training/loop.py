@@ -50,6 +50,15 @@ class TrainingError(RuntimeError):
     """Training stopped for a reason the user can act on (NaN loss, out of memory)."""
 
 
+class OutOfMemoryError(TrainingError):
+    """The batch did not fit in memory; the message lists the remedies.
+
+    After it the process may be unable to free TensorFlow's memory (freeing a
+    variable can itself fail), so a program should report it and exit; the
+    run directory is consistent (files are renamed into place whole).
+    """
+
+
 #: Options a resumed run may change: it may run longer or with another
 #: learning rate (e.g. lower after a NaN loss), print differently, recalibrate
 #: BN with more or fewer batches, or live in a moved directory. Anything else
@@ -320,6 +329,22 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         keras.distribution.set_distribution(previous)
 
 
+def _macs_per_image(config: TrainConfig, data: TrainingData) -> int:
+    """The run's model's multiply-accumulates per image (a float32 probe build)."""
+    from keras_densenet.analysis import count_macs
+
+    with dtype_policy("float32"):
+        probe = build_densenet(
+            config.preset,
+            **config.architecture(),
+            input_shape=data.info.image_shape,
+            num_classes=data.info.num_classes,
+        )
+    if config.seed is not None:  # the real model gets the same weights as without the probe
+        keras.utils.set_random_seed(config.seed)
+    return count_macs(probe)
+
+
 def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seed is not None:
@@ -337,7 +362,8 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     data = load_training_data(config, replicas)
     global_batch = data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
-    with dtype_policy(config.precision), scope:
+    precision = resolve_precision(config.precision, macs=lambda: _macs_per_image(config, data))
+    with dtype_policy(precision), scope:
         model = build_training_model(config, data, strategy)
     jit = bool(model.jit_compile)
     if config.verbose:
@@ -384,7 +410,7 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
         )
     except Exception as err:
         if type(err).__name__ == "ResourceExhaustedError" or isinstance(err, MemoryError):
-            raise TrainingError(
+            raise OutOfMemoryError(
                 f"Out of memory at batch size {config.batch_size}: try --memory-efficient, a "
                 "smaller --batch-size, or --precision mixed_bfloat16/mixed_float16."
             ) from err
@@ -432,7 +458,7 @@ def describe_run(
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
         f"{info.num_classes} classes) | {model.name} ({trainable:,} trainable params) | "
         f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
-        f"{resolve_precision(config.precision)}, XLA {'on' if jit else 'off'} | "
+        f"{model.dtype_policy.name}, XLA {'on' if jit else 'off'} | "
         f"{config.out}{resumed}"
     )
 
@@ -496,7 +522,7 @@ def _finish_run(
         "bn_momentum": config.bn_momentum,
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "precision": resolve_precision(config.precision),
+        "precision": model.dtype_policy.name,
         "optimizer": type(model.optimizer).__name__,
         "jit_compile": jit,
         "replicas": replicas,
@@ -510,6 +536,7 @@ def _finish_run(
 
 __all__ = [
     "TrainingData",
+    "OutOfMemoryError",
     "TrainingError",
     "build_training_model",
     "load_training_data",
