@@ -535,8 +535,8 @@ def _finish_run(
 
 
 __all__ = [
-    "TrainingData",
     "OutOfMemoryError",
+    "TrainingData",
     "TrainingError",
     "build_training_model",
     "load_training_data",
