@@ -60,6 +60,33 @@ def _run_defaults(model: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {k: given[k] if given[k] is not None else stored.get(k) for k in given}
 
 
+def _check_fits(model: Any, info: Any, name: str) -> None:
+    """Refuses a model whose classes or input shape do not fit the data."""
+    if model.output_shape[-1] != info.num_classes:
+        raise ValueError(
+            f"The model has {model.output_shape[-1]} outputs but {name!r} has "
+            f"{info.num_classes} classes."
+        )
+    expected = tuple(model.input_shape[1:])
+    if any(e is not None and e != g for e, g in zip(expected, info.image_shape, strict=True)):
+        raise ValueError(
+            f"The model takes images of shape {expected} but {name!r} gives "
+            f"{info.image_shape}; pass image_size/channels as in training."
+        )
+
+
+def _predict_labels(model: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(true labels, predicted labels)`` over every batch."""
+    import keras
+
+    labels, predictions = [], []
+    for images, batch_labels in batches:
+        probabilities = model.predict_on_batch(np.asarray(images))
+        predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
+        labels.append(np.asarray(batch_labels))
+    return np.concatenate(labels), np.concatenate(predictions)
+
+
 def evaluate(
     model: Any,
     dataset: str | None = None,
@@ -145,23 +172,8 @@ def evaluate(
         bad_images=options["bad_images"] or "error",
     )
     name = options["dataset"]
-    if model.output_shape[-1] != info.num_classes:
-        raise ValueError(
-            f"The model has {model.output_shape[-1]} outputs but {name!r} has "
-            f"{info.num_classes} classes."
-        )
-    expected = tuple(model.input_shape[1:])
-    if any(e is not None and e != g for e, g in zip(expected, info.image_shape, strict=True)):
-        raise ValueError(
-            f"The model takes images of shape {expected} but {name!r} gives "
-            f"{info.image_shape}; pass image_size/channels as in training."
-        )
-    labels, predictions = [], []
-    for images, batch_labels in ds:
-        probabilities = model.predict_on_batch(np.asarray(images))
-        predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
-        labels.append(np.asarray(batch_labels))
-    y_true, y_pred = np.concatenate(labels), np.concatenate(predictions)
+    _check_fits(model, info, name)
+    y_true, y_pred = _predict_labels(model, ds)
     matrix = confusion_matrix(y_true, y_pred, info.num_classes)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
     result = {

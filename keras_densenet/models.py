@@ -33,12 +33,24 @@ from keras_densenet.presets import CIFAR_STEM, PRESETS
 
 
 def _check_head(
-    include_top: bool, pooling: Any, num_classes: Any, classifier_activation: Any
+    include_top: bool,
+    pooling: Any,
+    num_classes: Any,
+    classifier_activation: Any,
+    feature_outputs: bool = False,
 ) -> None:
     if not isinstance(include_top, bool):
         raise TypeError(f"`include_top` must be a bool, got {include_top!r}.")
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+    if not isinstance(feature_outputs, bool):
+        raise TypeError(f"`feature_outputs` must be True or False, got {feature_outputs!r}.")
+    if feature_outputs and (include_top or pooling is not None):
+        raise ValueError(
+            "`feature_outputs=True` returns the dense blocks' feature maps: it needs "
+            f"`include_top=False` and `pooling=None`, got include_top={include_top}, "
+            f"pooling={pooling!r}."
+        )
     if include_top:
         check_positive_int("num_classes", num_classes, MAX_CLASSES)
         try:
@@ -218,15 +230,7 @@ def build_densenet(
         input_shape=input_shape,
         num_classes=num_classes,
     )
-    _check_head(include_top, pooling, config["num_classes"], classifier_activation)
-    if not isinstance(feature_outputs, bool):
-        raise TypeError(f"`feature_outputs` must be True or False, got {feature_outputs!r}.")
-    if feature_outputs and (include_top or pooling is not None):
-        raise ValueError(
-            "`feature_outputs=True` returns the dense blocks' feature maps: it needs "
-            f"`include_top=False` and `pooling=None`, got include_top={include_top}, "
-            f"pooling={pooling!r}."
-        )
+    _check_head(include_top, pooling, config["num_classes"], classifier_activation, feature_outputs)
     bn_momentum = check_bn_momentum(bn_momentum)
     if bn_epsilon is None:  # PyTorch checkpoints were trained with PyTorch's epsilon
         bn_epsilon = TORCH_BN_EPSILON if is_torch_weights(weights) else BN_EPSILON
@@ -242,47 +246,15 @@ def build_densenet(
             axis=-1, mean=mean, variance=[s * s for s in std], name="normalization"
         )(x)
     x = _stem(x, config, kernel_regularizer, bn_momentum, bn_epsilon)
-    block_args = {
-        "growth_rate": config["growth_rate"],
-        "bottleneck": config["bottleneck"],
-        "bottleneck_width": config["bottleneck_width"],
-        "dropout_rate": config["dropout_rate"],
-        "memory_efficient": memory_efficient,
-        "bn_momentum": bn_momentum,
-        "bn_epsilon": bn_epsilon,
-        "kernel_regularizer": kernel_regularizer,
-    }
-    pyramid = {}
-    stride = 4 if config["stem"] != CIFAR_STEM else 1
-    for i, num_layers in enumerate(config["blocks"]):
-        x = DenseBlock(num_layers, name=f"conv{i + 2}", **block_args)(x)
-        # Each block's output, keras-hub's names: P<log2 stride>.
-        pyramid[f"P{stride.bit_length() - 1}"] = x
-        stride *= 2
-        if i < len(config["blocks"]) - 1:
-            x = TransitionLayer(
-                config["compression"],
-                dropout_rate=config["dropout_rate"],
-                bn_momentum=bn_momentum,
-                bn_epsilon=bn_epsilon,
-                kernel_regularizer=kernel_regularizer,
-                name=f"pool{i + 2}",
-            )(x)
-    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")(x)
-    x = keras.layers.Activation("relu", name="relu")(x)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        # float32 classifier: stable softmax and float32 outputs under mixed precision.
-        x = keras.layers.Dense(
-            config["num_classes"],
-            activation=classifier_activation,
-            name="predictions",
-            dtype="float32",
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    x, pyramid = _dense_blocks(
+        x,
+        config,
+        memory_efficient=memory_efficient,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        kernel_regularizer=kernel_regularizer,
+    )
+    x = _head(x, include_top, pooling, config["num_classes"], classifier_activation)
     outputs = pyramid if feature_outputs else x
     model = keras.Model(inputs, outputs, name=name or model_name(config, preset))
 
@@ -317,6 +289,65 @@ def _stem(
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+
+
+def _dense_blocks(
+    x: Any,
+    config: dict[str, Any],
+    *,
+    memory_efficient: bool,
+    bn_momentum: float,
+    bn_epsilon: float,
+    kernel_regularizer: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The dense blocks and transitions, then the final BN-ReLU.
+
+    Returns:
+        The features and every block's output by keras-hub's pyramid name
+        (``P<log2 stride>``).
+    """
+    block_args = {
+        "growth_rate": config["growth_rate"],
+        "bottleneck": config["bottleneck"],
+        "bottleneck_width": config["bottleneck_width"],
+        "dropout_rate": config["dropout_rate"],
+        "memory_efficient": memory_efficient,
+        "bn_momentum": bn_momentum,
+        "bn_epsilon": bn_epsilon,
+        "kernel_regularizer": kernel_regularizer,
+    }
+    pyramid = {}
+    stride = 4 if config["stem"] != CIFAR_STEM else 1
+    for i, num_layers in enumerate(config["blocks"]):
+        x = DenseBlock(num_layers, name=f"conv{i + 2}", **block_args)(x)
+        pyramid[f"P{stride.bit_length() - 1}"] = x
+        stride *= 2
+        if i < len(config["blocks"]) - 1:
+            x = TransitionLayer(
+                config["compression"],
+                dropout_rate=config["dropout_rate"],
+                bn_momentum=bn_momentum,
+                bn_epsilon=bn_epsilon,
+                kernel_regularizer=kernel_regularizer,
+                name=f"pool{i + 2}",
+            )(x)
+    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")(x)
+    return keras.layers.Activation("relu", name="relu")(x), pyramid
+
+
+def _head(x: Any, include_top: bool, pooling: str | None, num_classes: int, activation: Any) -> Any:
+    """keras.applications' top: the classifier, or global pooling, or nothing."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # float32 classifier: stable softmax and float32 outputs under mixed precision.
+        return keras.layers.Dense(
+            num_classes, activation=activation, name="predictions", dtype="float32"
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
 
 
 __all__ = [

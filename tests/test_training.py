@@ -549,7 +549,8 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
 
     from keras_densenet import rundir
     from keras_densenet.batchnorm import batchnorm_layers
-    from keras_densenet.training import loop
+    from keras_densenet.training import finish
+    from keras_densenet.training.data import load_training_data
 
     out = str(tmp_path / "run")
     config = TrainConfig(
@@ -559,7 +560,7 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
     assert summary["bn_statistics"] in ("recalibrated", "moving averages")
     best_path = os.path.join(out, "best.keras")
     test_args = {"split": "test", "batch_size": 16, "bad_images": None}
-    data = loop.load_training_data(config)
+    data = load_training_data(config)
 
     def moments(model):
         return [
@@ -574,7 +575,7 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
     best = rundir.load_model(best_path)
     on_disk = moments(best)
     bad = dataclasses.replace(data, recalibration=white)
-    assert loop._recalibrate_best(best, best_path, bad, config, test_args) == "moving averages"
+    assert finish.recalibrate_best(best, best_path, bad, config, test_args) == "moving averages"
     for a, b in zip(moments(best), on_disk, strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True):
@@ -582,7 +583,7 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
 
     # Without a held-out split the test split never chooses: recalibration stays.
     no_val = dataclasses.replace(config, validation_fraction=0.0)
-    assert loop._recalibrate_best(best, best_path, bad, no_val, test_args) == "recalibrated"
+    assert finish.recalibrate_best(best, best_path, bad, no_val, test_args) == "recalibrated"
     assert any(
         not np.array_equal(a, b)
         for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True)

@@ -332,18 +332,8 @@ def _add_predict(sub: Any) -> None:
     _add_allow_unsafe(predict)
 
 
-def _add_tune(sub: Any) -> None:
-    tune = sub.add_parser(
-        "tune",
-        help="search growth rate, compression, depth, ... with KerasTuner",
-        description="Search DenseNet architectures with KerasTuner. Writes results.csv, "
-        "results.json, accuracy_vs_params.png, best_config.json (train it with "
-        "`keras-densenet train --config`) and best.keras into --out.",
-    )
-    tune.add_argument(
-        "--config", help="JSON file of base training options (as for train); flags override it"
-    )
-    search = tune.add_argument_group("search")
+def _add_search_flags(search: Any) -> None:
+    """``tune``'s search flags: the tuner, its budget and the search space."""
     search.add_argument(
         "--quick",
         action="store_true",
@@ -388,6 +378,20 @@ def _add_tune(sub: Any) -> None:
     search.add_argument(
         "--overwrite", action="store_true", help="discard a search in --out instead of resuming"
     )
+
+
+def _add_tune(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="search growth rate, compression, depth, ... with KerasTuner",
+        description="Search DenseNet architectures with KerasTuner. Writes results.csv, "
+        "results.json, accuracy_vs_params.png, best_config.json (train it with "
+        "`keras-densenet train --config`) and best.keras into --out.",
+    )
+    tune.add_argument(
+        "--config", help="JSON file of base training options (as for train); flags override it"
+    )
+    _add_search_flags(tune.add_argument_group("search"))
     _add_data(tune)
     trial = tune.add_argument_group("each trial (defaults: as for train)")
     for name in ("validation_fraction", "batch_size", "steps_per_epoch", "precision"):

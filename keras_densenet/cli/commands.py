@@ -116,17 +116,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     _import_keras()
     from keras_densenet.evaluation import evaluate
 
+    names = ("split", "out", "data_dir", "batch_size", "image_size", "channels")
     result = evaluate(
         args.model,
         args.dataset,
-        split=args.split,
-        out=args.out,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        channels=args.channels,
-        validation_fraction=args.validation_fraction,
-        allow_unsafe=args.allow_unsafe,
+        **_options(args, (*names, "validation_fraction", "allow_unsafe")),
     )
     print(f"accuracy {result['accuracy']:.4f} on {result['num_examples']} {args.split} images")
     for name, acc in result["per_class_accuracy"].items():
@@ -184,15 +178,9 @@ def _export(args: argparse.Namespace) -> int:
         )
         print(f"exported ONNX {onnx} (input 'images': float32 [N, H, W, C] raw pixels)")
         return 0
+    names = ("version", "overwrite", "serving_dtype", "fold_batchnorm", "max_image_pixels")
     path = export.export_savedmodel(
-        args.model,
-        args.out,
-        version=args.version,
-        overwrite=args.overwrite,
-        serving_dtype=args.serving_dtype,
-        fold_batchnorm=args.fold_batchnorm,
-        max_image_pixels=args.max_image_pixels,
-        allow_unsafe=args.allow_unsafe,
+        args.model, args.out, **_options(args, (*names, "allow_unsafe"))
     )
     info = export.read_export_info(path)
     print(
@@ -320,28 +308,27 @@ def _scalar(text: str, item: str, what: str) -> Any:
     raise UsageError(f"{what} value {text!r} in {item!r} is not a finite number or true/false")
 
 
+#: `TrainConfig` options that ``tune`` passes on to every trial.
+_TUNE_TRAIN_OPTIONS = (
+    "dataset",
+    "data_dir",
+    "image_size",
+    "channels",
+    "download",
+    "validation_fraction",
+    "batch_size",
+    "steps_per_epoch",
+    "precision",
+    "jit_compile",
+    "seed",
+)
+
+
 def _tune(args: argparse.Namespace) -> int:
     ranges = parse_assignments(args.ranges, "--range")
     fixed = parse_assignments(args.fix, "--fix")
     options = _read_config(args.config)
-    options.update(
-        _options(
-            args,
-            (
-                "dataset",
-                "data_dir",
-                "image_size",
-                "channels",
-                "download",
-                "validation_fraction",
-                "batch_size",
-                "steps_per_epoch",
-                "precision",
-                "jit_compile",
-                "seed",
-            ),
-        )
-    )
+    options.update(_options(args, _TUNE_TRAIN_OPTIONS))
     options["verbose"] = 0 if args.quiet else _verbosity(False)
     max_trials, max_epochs = args.max_trials or 10, args.max_epochs or 20
     if args.quick:
@@ -371,6 +358,12 @@ def _tune(args: argparse.Namespace) -> int:
     if summary["role"] == "worker":
         print(f"worker {summary['tuner_id']} finished | search in {args.out}")
         return 0
+    _report_search(summary)
+    return 0
+
+
+def _report_search(summary: dict[str, Any]) -> None:
+    """The search's last line: the best trial and how to train it (exit 1 if none)."""
     counts = (
         f"{summary['trials']} trials: {summary['completed']} completed, "
         f"{summary['pruned']} pruned, {summary['failed']} failed"
@@ -386,7 +379,6 @@ def _tune(args: argparse.Namespace) -> int:
         f"{best['trainable_params']:,} params) | {counts} | {summary['wall_time_s']:.0f} s | "
         f"train it: {PROG} train --config {summary['best_config']}"
     )
-    return 0
 
 
 def _convert_weights(args: argparse.Namespace) -> int:

@@ -51,6 +51,84 @@ def _image_files(directory: str, classes: list[str]) -> list[str]:
     return files
 
 
+def _split_directory(
+    root: str, split: str, validation_fraction: float | None
+) -> tuple[str, str, str | None]:
+    """``(train_dir, directory, subset)``: where a split's images are.
+
+    ``subset`` is Keras' ``"training"``/``"validation"`` when the split is
+    carved off the training images, else None.
+    """
+    has_split_dirs = os.path.isdir(os.path.join(root, "train"))
+    # Without a train/ sub-folder the folder itself is the training split.
+    train_dir = os.path.join(root, "train") if has_split_dirs else root
+    if split == "train":
+        return train_dir, train_dir, None if validation_fraction is None else "training"
+    if split == "validation" and validation_fraction is not None:
+        return train_dir, train_dir, "validation"
+    candidates = ("test",) if split == "test" else ("validation", "val")
+    for candidate in candidates:
+        directory = os.path.join(root, candidate)
+        if has_split_dirs and os.path.isdir(directory):
+            return train_dir, directory, None
+    hint = (
+        " or pass `validation_fraction` to carve one off the training images"
+        if split == "validation"
+        else ""
+    )
+    raise ValueError(
+        f"`split`={split!r} is not in image folder {root!r}: give it train/ and "
+        f"{'/ or '.join(candidates)}/ sub-folders of class folders{hint}."
+    )
+
+
+def _checked_classes(train_dir: str, directory: str) -> list[str]:
+    """The class folders, refused below two or when a split's differ from train's."""
+    classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        raise ValueError(
+            f"Image folder {train_dir!r} has {len(classes)} class folder(s) {classes}: a "
+            "classifier needs at least 2 (one sub-folder of images per class)."
+        )
+    if directory != train_dir and _class_folders(directory) != classes:
+        raise ValueError(
+            f"The class folders of {directory!r} {_class_folders(directory)} differ from those "
+            f"of {train_dir!r} {classes}: labels would not mean the same class in both."
+        )
+    return classes
+
+
+def _checked_files(
+    name: str,
+    directory: str,
+    classes: list[str],
+    carved: bool,
+    validation_fraction: float | None,
+    bad_images: str,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The split's good image files and the bad ones (path, reason), checked."""
+    files = _image_files(directory, classes)
+    good, bad = check_image_files(files, bad_images)
+    if not good:
+        raise ValueError(
+            f"`name`={name!r}: image folder {directory!r} holds no readable "
+            f"{'/'.join(EXTENSIONS)} images in its class sub-folders."
+        )
+    if carved and int(validation_fraction * len(files)) < 1:
+        raise ValueError(
+            f"`validation_fraction`={validation_fraction} of the {len(files)} images in "
+            f"{directory!r} leaves no validation images: use a larger fraction, or 0 to "
+            "validate on the test split."
+        )
+    if bad:
+        warnings.warn(
+            f"Skipped {len(bad)} of {len(files)} files in image folder {directory!r} that are "
+            f"empty, truncated or not images (first: {bad[0][1]})",
+            stacklevel=4,
+        )
+    return good, bad
+
+
 def load_folder(
     root: str,
     name: str,
@@ -63,66 +141,11 @@ def load_folder(
     import keras
 
     tf = tf_module()
-    has_split_dirs = os.path.isdir(os.path.join(root, "train"))
-    # Without a train/ sub-folder the folder itself is the training split.
-    train_dir = os.path.join(root, "train") if has_split_dirs else root
-    subset = None
-    if split == "train":
-        directory = train_dir
-        if validation_fraction is not None:
-            subset = "training"
-    elif split == "validation" and validation_fraction is not None:
-        directory, subset = train_dir, "validation"
-    else:
-        candidates = ("test",) if split == "test" else ("validation", "val")
-        directory = next(
-            (
-                os.path.join(root, c)
-                for c in candidates
-                if has_split_dirs and os.path.isdir(os.path.join(root, c))
-            ),
-            None,
-        )
-        if directory is None:
-            hint = (
-                " or pass `validation_fraction` to carve one off the training images"
-                if split == "validation"
-                else ""
-            )
-            raise ValueError(
-                f"`split`={split!r} is not in image folder {root!r}: give it train/ and "
-                f"{'/ or '.join(candidates)}/ sub-folders of class folders{hint}."
-            )
-    classes = _class_folders(train_dir)
-    if len(classes) < 2:
-        raise ValueError(
-            f"Image folder {train_dir!r} has {len(classes)} class folder(s) {classes}: a "
-            "classifier needs at least 2 (one sub-folder of images per class)."
-        )
-    if directory != train_dir and _class_folders(directory) != classes:
-        raise ValueError(
-            f"The class folders of {directory!r} {_class_folders(directory)} differ from those "
-            f"of {train_dir!r} {classes}: labels would not mean the same class in both."
-        )
-    files = _image_files(directory, classes)
-    good, bad = check_image_files(files, bad_images)
-    if not good:
-        raise ValueError(
-            f"`name`={name!r}: image folder {directory!r} holds no readable "
-            f"{'/'.join(EXTENSIONS)} images in its class sub-folders."
-        )
-    if subset is not None and int(validation_fraction * len(files)) < 1:
-        raise ValueError(
-            f"`validation_fraction`={validation_fraction} of the {len(files)} images in "
-            f"{directory!r} leaves no validation images: use a larger fraction, or 0 to "
-            "validate on the test split."
-        )
-    if bad:
-        warnings.warn(
-            f"Skipped {len(bad)} of {len(files)} files in image folder {directory!r} that are "
-            f"empty, truncated or not images (first: {bad[0][1]})",
-            stacklevel=3,
-        )
+    train_dir, directory, subset = _split_directory(root, split, validation_fraction)
+    classes = _checked_classes(train_dir, directory)
+    good, bad = _checked_files(
+        name, directory, classes, subset is not None, validation_fraction, bad_images
+    )
     first = good[0] if directory == train_dir else _first_good(train_dir, classes)
     native = inspect_file(first).channels
     color_mode = "grayscale" if (channels or native) in (1, 2) else "rgb"

@@ -8,11 +8,16 @@ random crop after 4-pixel zero padding plus a horizontal flip (not for digits).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from keras_densenet._validation import check_bool, check_choice, check_positive_int
+from keras_densenet._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_positive_int,
+)
 from keras_densenet.data.idx import SAMPLE_NAME
 from keras_densenet.data.sources import SOURCES, Source, find_source
 
@@ -110,29 +115,27 @@ def _check_args(
     image_size: Any,
     channels: Any,
     validation_fraction: Any,
+    flags: dict[str, Any],
+    optional_flags: dict[str, Any],
+    bad_images: Any,
 ) -> tuple[str, str | None, tuple[int, int] | None]:
+    for arg, value in flags.items():
+        check_bool(arg, value)
+    for arg, value in optional_flags.items():
+        check_bool(arg, value, allow_none=True)
+    check_choice("bad_images", bad_images, BAD_IMAGES)
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         raise ValueError(
             f"`name` must be a dataset name (e.g. 'cifar10', 'fashion_mnist', "
             f"{SAMPLE_NAME!r}) or an image folder path, got {name!r}."
         )
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
+    check_choice("split", split, SPLITS)
     check_positive_int("batch_size", batch_size)
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise ValueError(f"`data_dir` must be None or a directory path, got {data_dir!r}.")
-    if (
-        isinstance(download_timeout, bool)
-        or not isinstance(download_timeout, (int, float))
-        or not download_timeout > 0
-        or math.isinf(download_timeout)
-    ):
-        raise ValueError(
-            f"`download_timeout` must be a positive, finite number of seconds, got "
-            f"{download_timeout!r}."
-        )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"`seed` must be None or a non-negative int, got {seed!r}.")
+    check_float("download_timeout", download_timeout, 0.0, low_open=True)
+    if seed is not None:
+        check_int("seed", seed, 0)
     if not isinstance(cache, (bool, str, os.PathLike)) or (
         not isinstance(cache, bool) and not os.fspath(cache)
     ):
@@ -149,15 +152,10 @@ def _check_args(
                 f"`image_size` must be None or (height, width) positive ints, got {image_size!r}."
             )
         image_size = (int(image_size[0]), int(image_size[1]))
-    if channels not in (None, 1, 3) or isinstance(channels, bool):
-        raise ValueError(f"`channels` must be None (keep), 1 or 3, got {channels!r}.")
-    if validation_fraction is not None and (
-        isinstance(validation_fraction, bool)
-        or not isinstance(validation_fraction, (int, float))
-        or not 0.0 < validation_fraction < 1.0
-    ):
-        raise ValueError(
-            f"`validation_fraction` must be None or a float in (0, 1), got {validation_fraction!r}."
+    check_choice("channels", channels, (None, 1, 3))
+    if validation_fraction is not None:
+        check_float(
+            "validation_fraction", validation_fraction, 0.0, 1.0, low_open=True, high_open=True
         )
     return os.fspath(name), None if data_dir is None else os.fspath(data_dir), image_size
 
@@ -344,16 +342,10 @@ def load_dataset(
         image_size,
         channels,
         validation_fraction,
+        {"download": download, "normalize": normalize, "drop_remainder": drop_remainder},
+        {"augment": augment, "flip": flip, "shuffle": shuffle},
+        bad_images,
     )
-    for arg, value in (
-        ("download", download),
-        ("normalize", normalize),
-        ("drop_remainder", drop_remainder),
-    ):
-        check_bool(arg, value)
-    for arg, value in (("augment", augment), ("flip", flip), ("shuffle", shuffle)):
-        check_bool(arg, value, allow_none=True)
-    check_choice("bad_images", bad_images, BAD_IMAGES)
 
     is_train = split == "train"
     shuffle = is_train if shuffle is None else shuffle

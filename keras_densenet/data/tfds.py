@@ -79,6 +79,24 @@ def _tfds_download(name: str, data_dir: str | None, timeout: float) -> str | Non
     return None
 
 
+def _image_and_label(tfds: Any, builder: Any, name: str) -> tuple[Any, Any]:
+    """The dataset's (Image, ClassLabel) features; refuses any other kind of dataset."""
+    features = builder.info.features
+    supervised = builder.info.supervised_keys
+    kinds = (tfds.features.Image, tfds.features.ClassLabel)
+    if (
+        not isinstance(supervised, tuple)
+        or len(supervised) != 2
+        or not all(isinstance(key, str) and key in features for key in supervised)
+        or not all(isinstance(features[k], kind) for k, kind in zip(supervised, kinds, strict=True))
+    ):
+        raise ValueError(
+            f"`name`={name!r} is a TFDS dataset but not an image-classification one: its "
+            f"supervised keys {supervised} are not an (Image, ClassLabel) pair."
+        )
+    return features[supervised[0]], features[supervised[1]]
+
+
 def load_tfds(
     name: str,
     split: str,
@@ -103,19 +121,7 @@ def load_tfds(
     except tfds.core.registered.DatasetNotFoundError:
         tried.append(f"tfds: TFDS has no dataset named {name!r}")
         return None
-    features = builder.info.features
-    supervised = builder.info.supervised_keys
-    kinds = (tfds.features.Image, tfds.features.ClassLabel)
-    if (
-        not isinstance(supervised, tuple)
-        or len(supervised) != 2
-        or not all(isinstance(key, str) and key in features for key in supervised)
-        or not all(isinstance(features[k], kind) for k, kind in zip(supervised, kinds, strict=True))
-    ):
-        raise ValueError(
-            f"`name`={name!r} is a TFDS dataset but not an image-classification one: its "
-            f"supervised keys {supervised} are not an (Image, ClassLabel) pair."
-        )
+    image_feature, label_feature = _image_and_label(tfds, builder, name)
     if download_timeout is not None:
         failure = _tfds_download(name, data_dir, download_timeout)
         if failure:
@@ -131,7 +137,6 @@ def load_tfds(
     except AssertionError:  # how TFDS says "not prepared in this data_dir"
         tried.append(f"tfds: {name!r} is not prepared in {builder.data_dir_root}")
         return None
-    image_feature, label_feature = features[supervised[0]], features[supervised[1]]
     # Split metadata can be missing (e.g. under tfds.testing.mock_data): count.
     if _tfds_split_names(builder):
         num_examples = builder.info.splits[split_spec].num_examples

@@ -220,40 +220,15 @@ def export_savedmodel(
     check_bool("fold_batchnorm", fold_batchnorm)
     check_int("max_image_pixels", max_image_pixels, 1, 2**62)
     model_dir = os.fspath(model_dir)
-    if requested is not None:
-        target = os.path.join(model_dir, str(requested))
-        if os.path.lexists(target) and not os.path.isdir(target):
-            raise ValueError(
-                f"{target!r} exists and is not a version directory: remove it or choose another "
-                "`version`."
-            )
-        if os.path.exists(target) and not overwrite:
-            raise FileExistsError(
-                f"Version {requested} already exists at {target!r}; pass `overwrite=True` to "
-                "replace it, or `version=None` for the next free version."
-            )
+    _check_target(model_dir, requested, overwrite)
     source, stored_names = resolve_model(model, allow_unsafe=allow_unsafe)
     spec = model_spec(source)
     names = check_class_names(class_names if class_names is not None else stored_names, spec[3])
     served = with_serving_dtype(source, serving_dtype)
     if fold_batchnorm:
         served = folding.fold_batchnorm(served)
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as err:
-        raise ValueError(
-            f"`model_dir` {model_dir!r} cannot be created: {err.strerror or err}."
-        ) from err
-    if not os.access(model_dir, os.W_OK):
-        raise ValueError(f"`model_dir` {model_dir!r} is not writable.")
-    remove_stale_scratch(model_dir)
-
-    def next_free() -> int:
-        taken = taken_versions(model_dir)
-        return taken[-1] + 1 if taken else 1
-
-    version = requested if requested is not None else next_free()
-    target = os.path.join(model_dir, str(version))
+    _writable_model_dir(model_dir)
+    version = requested if requested is not None else _next_free(model_dir)
     info = {
         "source": model if isinstance(model, (str, os.PathLike)) else None,
         "model": source.name,
@@ -278,29 +253,72 @@ def export_savedmodel(
         with open(os.path.join(extra, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
             json.dump({**info, "version": version}, f, indent=2, default=str)
         _io.fsync_tree(tmp)
-        while True:
-            if os.path.exists(target):
-                if overwrite and requested is not None:
-                    replace_dir(tmp, target, version)
-                    break
-                if requested is not None:
-                    raise FileExistsError(
-                        f"Version {version} appeared at {target!r} during the export."
-                    )
-                # Another export took this number meanwhile: take the next one.
-                version = next_free()
-                target = os.path.join(model_dir, str(version))
-                continue
-            try:
-                os.rename(tmp, target)
-                break
-            except OSError as err:  # lost a race for `target`
-                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
+        return _publish(tmp, model_dir, version, requested is not None, overwrite)
     except BaseException:
         remove(tmp)
         raise
-    return target
+
+
+def _check_target(model_dir: str, requested: int | None, overwrite: bool) -> None:
+    """Refuses a requested version that exists (without ``overwrite``) or is a file."""
+    if requested is None:
+        return
+    target = os.path.join(model_dir, str(requested))
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise ValueError(
+            f"{target!r} exists and is not a version directory: remove it or choose another "
+            "`version`."
+        )
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(
+            f"Version {requested} already exists at {target!r}; pass `overwrite=True` to "
+            "replace it, or `version=None` for the next free version."
+        )
+
+
+def _writable_model_dir(model_dir: str) -> None:
+    """Creates ``model_dir`` if needed, checks it is writable, clears dead scratch."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"`model_dir` {model_dir!r} cannot be created: {err.strerror or err}."
+        ) from err
+    if not os.access(model_dir, os.W_OK):
+        raise ValueError(f"`model_dir` {model_dir!r} is not writable.")
+    remove_stale_scratch(model_dir)
+
+
+def _next_free(model_dir: str) -> int:
+    taken = taken_versions(model_dir)
+    return taken[-1] + 1 if taken else 1
+
+
+def _publish(tmp: str, model_dir: str, version: int, requested: bool, overwrite: bool) -> str:
+    """Renames the complete export ``tmp`` into place; returns the version directory.
+
+    A requested version is replaced only with ``overwrite``; a next-free
+    version that another export took meanwhile moves on to the next number.
+    """
+    target = os.path.join(model_dir, str(version))
+    while True:
+        if os.path.exists(target):
+            if overwrite and requested:
+                replace_dir(tmp, target, version)
+                return target
+            if requested:
+                raise FileExistsError(
+                    f"Version {version} appeared at {target!r} during the export."
+                )
+            version = _next_free(model_dir)
+            target = os.path.join(model_dir, str(version))
+            continue
+        try:
+            os.rename(tmp, target)
+            return target
+        except OSError as err:  # lost a race for `target`
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
 
 
 def read_export_info(version_dir: str | os.PathLike) -> dict[str, Any]:

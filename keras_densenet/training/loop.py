@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,10 +23,7 @@ import numpy as np
 from keras_densenet import _io, rundir
 from keras_densenet.batchnorm import (
     BatchNormRecalibration,
-    BatchNormRecalibrator,
-    recalibrate_batchnorm,
 )
-from keras_densenet.evaluation import evaluate
 from keras_densenet.losses import SparseSmoothedCrossentropy
 from keras_densenet.models import build_densenet
 from keras_densenet.training.callbacks import (
@@ -36,6 +32,8 @@ from keras_densenet.training.callbacks import (
     ThroughputMeter,
 )
 from keras_densenet.training.config import LEGACY_OPTIONS, TrainConfig
+from keras_densenet.training.data import TrainingData, load_training_data
+from keras_densenet.training.finish import finish_run
 from keras_densenet.training.recipe import (
     data_parallel,
     dtype_policy,
@@ -103,101 +101,6 @@ def _prepare_run_dir(config: TrainConfig) -> int | None:
     return done
 
 
-@dataclasses.dataclass
-class TrainingData:
-    """The datasets of a run and what the model needs to know about them.
-
-    Attributes:
-        train: Training batches (repeated when ``steps_per_epoch`` is capped).
-        validation: Validation batches.
-        info: The training split's `keras_densenet.data.DatasetInfo`.
-        steps_per_epoch: Optimizer steps per epoch.
-        global_batch: Global batch size (per-replica batch x replicas).
-        recalibration: Shuffled training batches without augmentation, for
-            recomputing BN statistics (None when recalibration is off).
-        validation_info: The validation split's `DatasetInfo`.
-        test_info: The test split's `DatasetInfo`.
-    """
-
-    train: Any
-    validation: Any
-    info: Any
-    steps_per_epoch: int
-    global_batch: int
-    recalibration: Any = None
-    validation_info: Any = None
-    test_info: Any = None
-
-
-def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
-    """Loads the training and validation pipelines a config asks for.
-
-    Images stay in the 0..255 scale: the model normalizes them itself with the
-    training split's statistics, so saved and exported models are portable.
-
-    Args:
-        config: The training options.
-        replicas: Number of replicas the global batch is split over.
-
-    Returns:
-        The `TrainingData`.
-
-    Raises:
-        ValueError: If the data cannot be found or an option does not fit it.
-    """
-    from keras_densenet.data import load_dataset
-
-    global_batch = config.batch_size * replicas
-    data_args = {
-        "batch_size": global_batch,
-        "data_dir": config.data_dir,
-        "download": config.download,
-        "normalize": False,
-        "seed": config.seed,
-        "image_size": tuple(config.image_size) if config.image_size else None,
-        "channels": config.channels,
-        "bad_images": config.bad_images,
-    }
-    fraction = config.validation_fraction or None
-    train_ds, info = load_dataset(
-        config.dataset, "train", validation_fraction=fraction, **data_args
-    )
-    # The run ends with a test evaluation: a dataset without a test split (a
-    # flat image folder) is refused now, not after the last epoch.
-    test_ds, test_info = load_dataset(
-        config.dataset, "test", validation_fraction=fraction, **data_args
-    )
-    val_ds, val_info = (
-        load_dataset(config.dataset, "validation", validation_fraction=fraction, **data_args)
-        if fraction
-        else (test_ds, test_info)
-    )
-    for other in (test_info, val_info):
-        if other.class_names != info.class_names:
-            raise ValueError(
-                f"The {other.split} split of {config.dataset!r} has classes "
-                f"{list(other.class_names)}, the training split {list(info.class_names)}."
-            )
-    recalibration = None
-    if config.bn_recalibrate_steps:
-        # The images the model is evaluated on are not augmented: neither are
-        # the ones its BN statistics are computed from.
-        recalibration, _ = load_dataset(
-            config.dataset,
-            "train",
-            validation_fraction=fraction,
-            augment=False,
-            shuffle=True,
-            **data_args,
-        )
-    steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
-    if config.steps_per_epoch:
-        train_ds = train_ds.repeat()
-    return TrainingData(
-        train_ds, val_ds, info, steps, global_batch, recalibration, val_info, test_info
-    )
-
-
 def build_training_model(
     config: TrainConfig, data: TrainingData, strategy: Any = None
 ) -> keras.Model:
@@ -244,44 +147,6 @@ def build_training_model(
         jit_compile=resolve_jit_compile(config.jit_compile, strategy, config.precision),
     )
     return model
-
-
-def _recalibrate_best(
-    best: keras.Model,
-    best_path: str,
-    data: TrainingData,
-    config: TrainConfig,
-    test_args: dict[str, Any],
-) -> str:
-    """Gives best.keras population BN statistics unless validation prefers its own.
-
-    With a held-out validation split, the recalibrated statistics are kept
-    only if they validate at least as well as the moving averages: after a
-    long run at momentum 0.9 the moving averages can be the better estimate
-    (full Fashion-MNIST: 0.930 against 0.923 on the test split), while after
-    a short one they are far worse (0.28 against 0.71). Without one (the test
-    split validates), recalibration is kept: the test split never chooses.
-
-    Returns:
-        ``"recalibrated"`` or ``"moving averages"``, what best.keras now has.
-    """
-    val_args = {
-        **test_args,
-        "split": "validation",
-        "validation_fraction": config.validation_fraction,
-    }
-    held_out = bool(config.validation_fraction)
-    if held_out:
-        ema = evaluate(best, config.dataset, **val_args)["accuracy"]
-        moving_averages = BatchNormRecalibrator(best).snapshot()
-    recalibrate_batchnorm(best, data.recalibration, config.bn_recalibrate_steps)
-    if held_out and evaluate(best, config.dataset, **val_args)["accuracy"] < ema:
-        BatchNormRecalibrator(best).restore(moving_averages)
-        return "moving averages"
-    # best.keras is what gets evaluated and exported; last.keras keeps the
-    # moving averages of the training state.
-    _io.save_model(best, best_path)
-    return "recalibrated"
 
 
 def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -369,14 +234,20 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     if config.verbose:
         print(describe_run(config, data, model, jit, done), flush=True)
 
+    meter = ThroughputMeter(global_batch)
+    _fit(model, config, data, _callbacks(config, data, meter, done), done)
+    return finish_run(config, data, model, meter, started, jit, replicas)
+
+
+def _callbacks(
+    config: TrainConfig, data: TrainingData, meter: ThroughputMeter, done: int
+) -> list[keras.callbacks.Callback]:
+    """The run's callbacks; trims a resumed run's history and writes config.json."""
     out = config.out
     history_path = os.path.join(out, rundir.HISTORY)
-    best_path = os.path.join(out, rundir.BEST)
-    last_path = os.path.join(out, rundir.LAST)
     rundir.trim_history(history_path, done)
     kept = rundir.read_history(history_path) if os.path.exists(history_path) else {}
     _io.write_json(os.path.join(out, rundir.CONFIG), config.to_dict())
-    meter = ThroughputMeter(global_batch)
     # Order matters for a kill between callbacks: every epoch the backup has
     # seen is already in the CSV and the checkpoints (an epoch logged but not
     # backed up is trimmed from the CSV and trained again on --resume).
@@ -384,20 +255,31 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(history_path, append=True),
         AtomicModelCheckpoint(
-            best_path,
+            os.path.join(out, rundir.BEST),
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
             # A resumed run's best.keras must beat its earlier epochs too.
             initial_value_threshold=max(kept.get("val_accuracy") or [None], key=_or_minus_inf),
         ),
-        AtomicModelCheckpoint(last_path),
+        AtomicModelCheckpoint(os.path.join(out, rundir.LAST)),
         AtomicBackupAndRestore(os.path.join(out, rundir.BACKUP)),
         keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS), write_graph=False),
         meter,
     ]
     if config.bn_recalibrate_steps:
         callbacks.append(BatchNormRecalibration(data.recalibration, config.bn_recalibrate_steps))
+    return callbacks
+
+
+def _fit(
+    model: keras.Model,
+    config: TrainConfig,
+    data: TrainingData,
+    callbacks: list[keras.callbacks.Callback],
+    done: int,
+) -> None:
+    """``model.fit``; out of memory and a NaN/inf loss become a `TrainingError`."""
     try:
         history = model.fit(
             data.train,
@@ -417,6 +299,7 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
         raise
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
+        last_path = os.path.join(config.out, rundir.LAST)
         kept_model = (
             f"The last good model is {last_path} and --resume restarts from the last good epoch"
             if os.path.exists(last_path)
@@ -426,7 +309,6 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
             f"The loss became NaN/inf in epoch {done + len(losses)}; training stopped. "
             f"{kept_model}; lower --learning-rate or use float32."
         )
-    return _finish_run(config, data, model, meter, started, jit, replicas)
 
 
 def describe_run(
@@ -467,78 +349,9 @@ def _or_minus_inf(value: float | None) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _finish_run(
-    config: TrainConfig,
-    data: TrainingData,
-    model: keras.Model,
-    meter: ThroughputMeter,
-    started: float,
-    jit: bool,
-    replicas: int,
-) -> dict[str, Any]:
-    """Recalibrates and evaluates the best model, plots, and writes the summary."""
-    from keras_densenet.viz import plot_history
-
-    out, info = config.out, data.info
-    full_history = rundir.read_history(os.path.join(out, rundir.HISTORY))
-    plot_history(full_history, os.path.join(out, rundir.CURVES), title=model.name)
-    best_path = os.path.join(out, rundir.BEST)
-    test_args = {
-        "split": "test",
-        "bad_images": config.bad_images,
-        "data_dir": config.data_dir,
-        "batch_size": data.global_batch,
-        "image_size": config.image_size,
-        "channels": config.channels,
-    }
-    # A plain (not distributed) copy of the best epoch's model. Keras warns that
-    # a LossScaleOptimizer's slots are skipped on reload: they are rebuilt.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        best = rundir.load_model(best_path)
-    before, statistics = None, "moving averages"
-    if config.bn_recalibrate_steps:
-        before = evaluate(best, config.dataset, **test_args)["accuracy"]
-        statistics = _recalibrate_best(best, best_path, data, config, test_args)
-    evaluation = evaluate(best, config.dataset, out=out, **test_args)
-    summary = {
-        "model": model.name,
-        "preset": config.preset,
-        "params": int(model.count_params()),
-        "trainable_params": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-        "dataset": config.dataset,
-        "source": info.source,
-        "class_names": list(info.class_names),
-        "input_shape": list(info.image_shape),
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "epochs": len(full_history["epoch"]),
-        "final": {k: v[-1] for k, v in full_history.items() if k != "epoch"},
-        "best_val_accuracy": max(full_history.get("val_accuracy", [float("nan")])),
-        "test_accuracy": evaluation["accuracy"],
-        "test_accuracy_before_recalibration": before,
-        "bn_statistics": statistics,
-        "bn_recalibrate_steps": config.bn_recalibrate_steps,
-        "bn_momentum": config.bn_momentum,
-        "images_per_second": meter.images_per_second(),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "precision": model.dtype_policy.name,
-        "optimizer": type(model.optimizer).__name__,
-        "jit_compile": jit,
-        "replicas": replicas,
-        "global_batch_size": data.global_batch,
-        "best_model": best_path,
-        "last_model": os.path.join(out, rundir.LAST),
-    }
-    _io.write_json(os.path.join(out, rundir.SUMMARY), summary)
-    return summary
-
-
 __all__ = [
     "OutOfMemoryError",
-    "TrainingData",
     "TrainingError",
     "build_training_model",
-    "load_training_data",
     "train",
 ]

@@ -131,6 +131,46 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> 
     return csv_path, json_path
 
 
+def _plot_completed(fig: Any, ax: Any, plt: Any, done: Sequence[Mapping[str, Any]]) -> None:
+    """The completed trials, coloured by growth rate, labelled, the best starred."""
+    growth = [r["architecture"]["growth_rate"] for r in done]
+    points = ax.scatter(
+        [r["trainable_params"] for r in done],
+        [r["val_accuracy"] for r in done],
+        c=growth,
+        cmap="viridis",
+        vmin=min(growth) - (min(growth) == max(growth)) * 2,  # one k: a readable bar
+        vmax=max(growth) + (min(growth) == max(growth)) * 2,
+        s=45,
+        edgecolors="black",
+        linewidths=0.5,
+        label=f"completed trials ({len(done)})",
+    )
+    colorbar = fig.colorbar(points, ax=ax, label="growth rate k")
+    colorbar.locator = plt.MaxNLocator(integer=True)
+    colorbar.update_ticks()
+    if len(done) <= 30:  # label points while that stays readable
+        for r in done:
+            ax.annotate(
+                r["trial_id"],
+                (r["trainable_params"], r["val_accuracy"]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=7,
+            )
+    best = done[0]
+    ax.scatter(
+        [best["trainable_params"]],
+        [best["val_accuracy"]],
+        marker="*",
+        s=320,
+        c="red",
+        edgecolors="black",
+        zorder=3,
+        label=f"best: trial {best['trial_id']} ({best['val_accuracy']:.4f})",
+    )
+
+
 def plot_results(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -159,42 +199,7 @@ def plot_results(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = [r for r in rows if r["status"] == "COMPLETED"]
     if done:
-        growth = [r["architecture"]["growth_rate"] for r in done]
-        points = ax.scatter(
-            [r["trainable_params"] for r in done],
-            [r["val_accuracy"] for r in done],
-            c=growth,
-            cmap="viridis",
-            vmin=min(growth) - (min(growth) == max(growth)) * 2,  # one k: a readable bar
-            vmax=max(growth) + (min(growth) == max(growth)) * 2,
-            s=45,
-            edgecolors="black",
-            linewidths=0.5,
-            label=f"completed trials ({len(done)})",
-        )
-        colorbar = fig.colorbar(points, ax=ax, label="growth rate k")
-        colorbar.locator = plt.MaxNLocator(integer=True)
-        colorbar.update_ticks()
-        if len(done) <= 30:  # label points while that stays readable
-            for r in done:
-                ax.annotate(
-                    r["trial_id"],
-                    (r["trainable_params"], r["val_accuracy"]),
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                )
-        best = done[0]
-        ax.scatter(
-            [best["trainable_params"]],
-            [best["val_accuracy"]],
-            marker="*",
-            s=320,
-            c="red",
-            edgecolors="black",
-            zorder=3,
-            label=f"best: trial {best['trial_id']} ({best['val_accuracy']:.4f})",
-        )
+        _plot_completed(fig, ax, plt, done)
     pruned = [r for r in rows if r["status"] == "PRUNED"]
     if pruned:  # no accuracy: marked along the bottom edge at their size
         ax.scatter(

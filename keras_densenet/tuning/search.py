@@ -183,6 +183,25 @@ def tune(
         )
 
 
+def _write_best(
+    search: Any, hypermodel: DenseNetHyperModel, best: dict[str, Any], out: str
+) -> tuple[str, str]:
+    """Writes best_config.json and best.keras (recalibrated); returns their paths."""
+    base = hypermodel.base
+    trial = search.oracle.get_trial(best["trial_id"])
+    config = hypermodel.trial_config(trial.hyperparameters.copy())
+    if not config.verbose:  # a quiet search should not give a silent training run
+        config = config.replace(verbose=1)
+    best_config_path = os.path.join(out, "best_config.json")
+    write_json(best_config_path, config.to_dict())
+    best_model_path = os.path.join(out, "best.keras")
+    best_model = search.load_model(trial)
+    if base.bn_recalibrate_steps:
+        recalibrate_batchnorm(best_model, hypermodel.data.recalibration, base.bn_recalibrate_steps)
+    _io.save_model(best_model, best_model_path)
+    return best_config_path, best_model_path
+
+
 def _search(
     hypermodel: DenseNetHyperModel,
     role: str,
@@ -231,18 +250,7 @@ def _search(
     best = rows[0] if rows and rows[0]["status"] == "COMPLETED" else None
     best_config_path = best_model_path = None
     if best is not None:
-        trial = search.oracle.get_trial(best["trial_id"])
-        config = hypermodel.trial_config(trial.hyperparameters.copy())
-        if not config.verbose:  # a quiet search should not give a silent training run
-            config = config.replace(verbose=1)
-        best_config_path = os.path.join(out, "best_config.json")
-        write_json(best_config_path, config.to_dict())
-        best_model_path = os.path.join(out, "best.keras")
-        best_model = search.load_model(trial)
-        if base.bn_recalibrate_steps:
-            data = hypermodel.data
-            recalibrate_batchnorm(best_model, data.recalibration, base.bn_recalibrate_steps)
-        _io.save_model(best_model, best_model_path)
+        best_config_path, best_model_path = _write_best(search, hypermodel, best, out)
     return {
         "role": role,
         "tuner": tuner,
