@@ -16,14 +16,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from keras_densenet._validation import (
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_int_sequence,
-    check_path,
-)
+from keras_densenet._validation import Rule
 from keras_densenet.architecture import (
     BN_MOMENTUM,
     MAX_BLOCK_LAYERS,
@@ -40,63 +33,6 @@ DISTRIBUTE = (None, "mirrored", "data_parallel")
 VERBOSITY = (0, 1, 2)
 #: The largest image side the pipeline resizes to.
 MAX_IMAGE_SIDE = 8192
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """How one option is checked (and shown on the command line).
-
-    Attributes:
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"``, ``"str"``,
-            ``"path"`` or ``"ints"`` (a sequence of ints).
-        help: One line for ``--help``.
-        low: Smallest value (numbers).
-        high: Largest value (numbers, ints' entries).
-        low_open: Exclude ``low``.
-        high_open: Exclude ``high``.
-        choices: Allowed values (``"choice"``).
-        length: Required length (``"ints"``).
-        optional: ``None`` is allowed.
-        group: Help section on the command line.
-    """
-
-    kind: str
-    help: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] = ()
-    length: int | None = None
-    optional: bool = False
-    group: str = "execution"
-
-    def check(self, name: str, value: Any) -> Any:
-        """Checks one value; returns it normalized (tuples for sequences).
-
-        Raises:
-            TypeError: For a value of the wrong type.
-            ValueError: For a value out of range.
-        """
-        if value is None and self.optional:
-            return None
-        if self.kind == "int":
-            return check_int(name, value, int(self.low), int(self.high))
-        if self.kind == "float":
-            return check_float(
-                name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open
-            )
-        if self.kind == "bool":
-            return check_bool(name, value)
-        if self.kind == "choice":
-            return check_choice(name, value, self.choices)
-        if self.kind == "ints":
-            return check_int_sequence(name, value, self.length, int(self.high))
-        if self.kind == "path":
-            return check_path(name, value)
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"`{name}` must be a non-empty string, got {value!r}.")
-        return value
 
 
 def _option(default: Any, rule: Rule) -> Any:
