@@ -24,7 +24,6 @@ from keras_densenet.training import (
     resolve_precision,
     train,
 )
-from keras_densenet.training.recipe import CPU_BFLOAT16_MIN_MACS
 
 #: A small DenseNet-BC (2 layers per block, k=8) that learns Fashion-MNIST fast.
 SMALL = {"preset": "densenet_bc_100_12", "depth": 16, "growth_rate": 8}
@@ -203,47 +202,23 @@ def test_resolve_jit_compile():
 
 
 @pytest.mark.parametrize(
-    ("gpus", "cpu_bfloat16", "expected"),
+    ("gpus", "expected"),
     [
-        ([(8, 0)], False, "mixed_float16"),  # tensor cores
-        ([(7, 0), (8, 6)], True, "mixed_float16"),
-        ([(6, 1)], True, "float32"),  # no tensor cores: float16 is no faster
-        ([], True, "mixed_bfloat16"),  # AVX512-BF16 / AMX
-        ([], False, "float32"),
+        ([(8, 0)], "mixed_float16"),  # tensor cores
+        ([(7, 0), (8, 6)], "mixed_float16"),
+        ([(6, 1)], "float32"),  # no tensor cores: float16 is no faster
+        ([(8, 0), (6, 1)], "float32"),  # every GPU must have them
+        ([], "float32"),  # CPUs, bfloat16 ones too: not faster at equal accuracy
     ],
 )
-def test_auto_precision_follows_the_hardware(gpus, cpu_bfloat16, expected):
-    assert resolve_precision("auto", gpus=gpus, cpu_bfloat16=cpu_bfloat16) == expected
+def test_auto_precision_follows_the_hardware(gpus, expected):
+    assert resolve_precision("auto", gpus=gpus) == expected
     for fixed in ("float32", "mixed_float16", "mixed_bfloat16"):
-        assert resolve_precision(fixed, gpus=gpus, cpu_bfloat16=cpu_bfloat16) == fixed
-
-
-@pytest.mark.parametrize(
-    ("gpus", "cpu_bfloat16", "macs", "expected"),
-    [
-        ([], True, CPU_BFLOAT16_MIN_MACS, "mixed_bfloat16"),  # large enough: bf16 pays
-        ([], True, CPU_BFLOAT16_MIN_MACS - 1, "float32"),  # small: the casts cost more
-        ([], False, CPU_BFLOAT16_MIN_MACS * 10, "float32"),
-    ],
-)
-def test_auto_precision_on_a_cpu_follows_the_model_size(gpus, cpu_bfloat16, macs, expected):
-    calls = []
-
-    def count():
-        calls.append(1)
-        return macs
-
-    assert resolve_precision("auto", gpus=gpus, cpu_bfloat16=cpu_bfloat16, macs=count) == expected
-    assert len(calls) == (1 if cpu_bfloat16 else 0)  # counted only when it decides
-    assert resolve_precision("auto", gpus=[(8, 0)], cpu_bfloat16=True, macs=count) == (
-        "mixed_float16"
-    )
-    assert len(calls) == (1 if cpu_bfloat16 else 0)
+        assert resolve_precision(fixed, gpus=gpus) == fixed
 
 
 def test_auto_precision_on_this_machine(tmp_path):
-    # TINY is far below CPU_BFLOAT16_MIN_MACS: float32 on every CPU, and the
-    # model-size probe leaves the seeded weights as an explicit float32 run's.
+    # float32 on every CPU: the same weights as an explicit float32 run.
     runs = {}
     for precision in ("auto", "float32"):
         summary = train(

@@ -88,9 +88,7 @@ class TrainConfig:
 
         precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"`` or
             ``"auto"``: mixed_float16 on a GPU of compute capability 7.0 or
-            newer, mixed_bfloat16 on a CPU with bfloat16 instructions
-            (AVX512-BF16 or AMX) for models of at least 10^8 MACs per
-            image, float32 elsewhere (see
+            newer, float32 elsewhere, bfloat16 CPUs included (see
             `keras_densenet.training.recipe.resolve_precision`).
         jit_compile: ``"off"``, ``"on"`` or ``"auto"`` (on where a GPU is
             present and no distribution strategy is active).
@@ -303,8 +301,7 @@ class TrainConfig:
         Rule(
             "choice",
             "dtype policy; auto: mixed_float16 on GPUs of compute capability >= 7.0, "
-            "mixed_bfloat16 on CPUs with bfloat16 instructions for models of >= 1e8 "
-            "MACs per image, else float32",
+            "else float32 (mixed_bfloat16 on a CPU only when asked)",
             choices=PRECISIONS,
         ),
     )

@@ -194,22 +194,6 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
         keras.distribution.set_distribution(previous)
 
 
-def _macs_per_image(config: TrainConfig, data: TrainingData) -> int:
-    """The run's model's multiply-accumulates per image (a float32 probe build)."""
-    from keras_densenet.analysis import count_macs
-
-    with dtype_policy("float32"):
-        probe = build_densenet(
-            config.preset,
-            **config.architecture(),
-            input_shape=data.info.image_shape,
-            num_classes=data.info.num_classes,
-        )
-    if config.seed is not None:  # the real model gets the same weights as without the probe
-        keras.utils.set_random_seed(config.seed)
-    return count_macs(probe)
-
-
 def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seed is not None:
@@ -227,8 +211,7 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     data = load_training_data(config, replicas)
     global_batch = data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
-    precision = resolve_precision(config.precision, macs=lambda: _macs_per_image(config, data))
-    with dtype_policy(precision), scope:
+    with dtype_policy(resolve_precision(config.precision)), scope:
         model = build_training_model(config, data, strategy)
     jit = bool(model.jit_compile)
     if config.verbose:

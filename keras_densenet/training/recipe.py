@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -59,38 +59,22 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
     return []
 
 
-#: On a CPU, ``precision="auto"`` picks bfloat16 only for models of at least
-#: this many multiply-accumulates per image: measured 1.13x float32 on
-#: DenseNet-121 at 224x224 (2.8 GMACs) and 1.14x on DenseNet-BC-100-12 at
-#: 32x32 (0.29 GMACs), but 0.94x on DenseNet-BC-40-12 at 28x28x1, where the
-#: casts outweigh the faster convolutions (benchmarks/RESULTS.md, "Precision").
-CPU_BFLOAT16_MIN_MACS = 100_000_000
-
-
-def resolve_precision(
-    precision: str,
-    *,
-    gpus: list[tuple[int, int]] | None = None,
-    cpu_bfloat16: bool | None = None,
-    macs: Callable[[], int] | None = None,
-) -> str:
+def resolve_precision(precision: str, *, gpus: list[tuple[int, int]] | None = None) -> str:
     """The dtype policy a ``precision`` option stands for on this machine.
 
     ``"auto"`` gives ``"mixed_float16"`` where every GPU has compute
-    capability 7.0 or newer (tensor cores); on a GPU-less machine whose CPU
-    has bfloat16 instructions, ``"mixed_bfloat16"`` for models of at least
-    `CPU_BFLOAT16_MIN_MACS` per image (measured faster than float32 there,
-    slower on small ones); ``"float32"`` elsewhere. Other values are returned
-    as they are.
+    capability 7.0 or newer (tensor cores), and ``"float32"`` elsewhere, CPUs
+    with bfloat16 instructions included: measured on two such CPUs,
+    mixed_bfloat16 trains DenseNet-121 at 224x224 1.13-1.16x faster, but on
+    the sample run (DenseNet-BC-100-12, batch 16) it was no faster end to end
+    and tested 1.1 points lower (benchmarks/RESULTS.md, "Precision"), short
+    of the "faster at equal accuracy" bar. ``precision="mixed_bfloat16"``
+    asks for it (`cpu_has_bfloat16` tells whether the CPU has the
+    instructions). Other values are returned as they are.
 
     Args:
         precision: ``"auto"`` or a policy name.
         gpus: The GPUs' compute capabilities; None asks the backend.
-        cpu_bfloat16: Whether the CPU has bfloat16 instructions; None reads
-            ``/proc/cpuinfo``.
-        macs: Returns the model's multiply-accumulates per image; called
-            only when the choice depends on it. None: the model is taken
-            to be large enough for bfloat16.
 
     Returns:
         A Keras dtype policy name.
@@ -98,11 +82,8 @@ def resolve_precision(
     if precision != "auto":
         return precision
     gpus = gpu_compute_capabilities() if gpus is None else gpus
-    if gpus:
-        return "mixed_float16" if min(gpus) >= (7, 0) else "float32"
-    bf16 = cpu_has_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16
-    if bf16 and (macs is None or macs() >= CPU_BFLOAT16_MIN_MACS):
-        return "mixed_bfloat16"
+    if gpus and min(gpus) >= (7, 0):
+        return "mixed_float16"
     return "float32"
 
 
