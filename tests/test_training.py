@@ -218,24 +218,19 @@ def test_auto_precision_follows_the_hardware(gpus, expected):
 
 
 def test_auto_precision_on_this_machine(tmp_path):
-    # float32 on every CPU: the same weights as an explicit float32 run.
-    runs = {}
-    for precision in ("auto", "float32"):
-        summary = train(
-            {
-                **TINY,
-                "epochs": 1,
-                "steps_per_epoch": 2,
-                "seed": 3,
-                "precision": precision,
-                "out": str(tmp_path / precision),
-                "verbose": 0,
-            }
-        )
-        assert summary["precision"] == "float32"
-        runs[precision] = load_model(str(tmp_path / precision)).get_weights()
-    for auto, fixed in zip(runs["auto"], runs["float32"], strict=True):
-        np.testing.assert_array_equal(auto, fixed)
+    # No GPU here: float32, whatever bfloat16 instructions the CPU has.
+    summary = train(
+        {
+            **TINY,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "precision": "auto",
+            "out": str(tmp_path / "auto"),
+            "verbose": 0,
+        }
+    )
+    assert summary["precision"] == "float32"
+    assert load_model(str(tmp_path / "auto")).dtype_policy.name == "float32"
     with open(os.path.join(tmp_path, "auto", "config.json")) as f:
         assert json.load(f)["precision"] == "auto"  # a resume on other hardware re-resolves
 
