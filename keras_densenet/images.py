@@ -258,7 +258,7 @@ def inspect_file(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image
             f.seek(size - _TAIL_BYTES)
             tail = f.read()
     except OSError as err:
-        raise ValueError(f"Cannot read {what}: {err.strerror or err}.") from err
+        raise ValueError(f"Cannot read image file {path!r}: {err.strerror or err}.") from err
     return inspect_image(head, what, max_pixels, tail=tail, size=size)
 
 

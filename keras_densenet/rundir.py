@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import json
 import math
 import os
 import zipfile
@@ -101,12 +102,17 @@ def lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[
         os.close(fd)  # releases the lock
 
 
-def ensure_writable_dir(path: str | os.PathLike, name: str = "out") -> str:
+def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: bool = True) -> str:
     """Creates a directory if needed and checks a file can be written in it.
+
+    With ``keep=False`` it only checks: the directories it had to create are
+    removed again, so a command can refuse a bad output path before its
+    expensive work and still write nothing when it refuses something else.
 
     Args:
         path: The directory.
         name: The argument it came from, for the message.
+        keep: Keep the directories it created.
 
     Returns:
         ``path`` as a string.
@@ -117,12 +123,21 @@ def ensure_writable_dir(path: str | os.PathLike, name: str = "out") -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
+    created = []
+    head = os.path.abspath(path)
+    while not keep and not os.path.lexists(head) and os.path.dirname(head) != head:
+        created.append(head)
+        head = os.path.dirname(head)
     try:
         os.makedirs(path, exist_ok=True)
         _io.write_bytes(os.path.join(path, ".write-test"), b"")
         os.remove(os.path.join(path, ".write-test"))
     except OSError as err:
         raise ValueError(f"`{name}` {path!r} is not writable: {err.strerror or err}.") from err
+    finally:
+        for directory in created:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
     return path
 
 
@@ -163,6 +178,57 @@ def model_file(path: str | os.PathLike) -> str:
     return path
 
 
+def _carries_lambda(config: Any) -> bool:
+    """Whether a Keras config holds a serialized Python lambda anywhere."""
+    if isinstance(config, dict):
+        return config.get("class_name") == "__lambda__" or any(
+            _carries_lambda(v) for v in config.values()
+        )
+    if isinstance(config, list):
+        return any(_carries_lambda(v) for v in config)
+    return False
+
+
+def check_model_file(path: str | os.PathLike, *, allow_unsafe: bool = False) -> str:
+    """Checks a ``.keras`` file as far as it can be without TensorFlow.
+
+    Reads the archive's ``config.json`` only (no weights, no Keras): a file
+    that is not a zip archive, has no readable config, or holds a Python
+    ``lambda`` (the objects Keras' safe mode refuses, marked
+    ``"class_name": "__lambda__"``) is refused before seconds of start-up.
+
+    Args:
+        path: A ``.keras`` file, or a run directory (its best, else last, model).
+        allow_unsafe: Accept a file that carries a lambda.
+
+    Returns:
+        The model file's path.
+
+    Raises:
+        ValueError: If the file is missing, truncated, corrupted, or carries
+            code that was not allowed.
+    """
+    path = model_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            text = archive.read("config.json")
+        config = json.loads(text)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as err:
+        raise ValueError(
+            f"{path!r} is not a valid .keras file ({type(err).__name__}: {err}): truncated or "
+            "corrupted."
+        ) from None
+    if not allow_unsafe and _carries_lambda(config):
+        raise ValueError(_UNSAFE.format(path=path))
+    return path
+
+
+_UNSAFE = (
+    "Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would run on "
+    "load; pass `allow_unsafe=True` only for a file you trust."
+)
+
+
 def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: bool = True) -> Any:
     """Loads a ``.keras`` model in safe mode (no ``custom_objects`` needed).
 
@@ -187,20 +253,13 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
 
     from keras_densenet import layers, losses  # noqa: F401  (registers them with Keras)
 
-    path = model_file(path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is not a valid .keras file (not a zip archive): truncated or corrupted."
-        )
+    path = check_model_file(path, allow_unsafe=allow_unsafe)
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
     except Exception as err:
         text = str(err)
         if "safe_mode" in text or "unsafe" in text.lower():
-            raise ValueError(
-                f"Refusing to load {path!r}: it contains code (e.g. a Lambda layer) that would "
-                "run on load; pass `allow_unsafe=True` only for a file you trust."
-            ) from err
+            raise ValueError(_UNSAFE.format(path=path)) from err
         raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 
@@ -286,22 +287,65 @@ def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    (run / "last.keras").write_bytes(b"never loaded: each case is refused first")
+    # An archive with a config and no weights: it passes the early look and is
+    # never loaded, since each case is refused first.
+    with zipfile.ZipFile(run / "last.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    lambda_config = {"class_name": "Lambda", "config": {"function": {"class_name": "__lambda__"}}}
+    with zipfile.ZipFile(tmp_path / "code.keras", "w") as archive:
+        archive.writestr("config.json", json.dumps({"config": {"layers": [lambda_config]}}))
+    with zipfile.ZipFile(tmp_path / "weights_only.keras", "w") as archive:
+        archive.writestr("model.weights.h5", b"")
+    (tmp_path / "half.keras").write_bytes((tmp_path / "code.keras").read_bytes()[:40])
     (tmp_path / "empty").mkdir()
     (tmp_path / "served" / "1").mkdir(parents=True)
+    from PIL import Image
+
+    for folder, classes in (("flat", "ab"), ("one/train", "a"), ("bad/train", "ab")):
+        for name in classes:
+            (tmp_path / folder / name).mkdir(parents=True)
+            Image.new("L", (4, 4)).save(tmp_path / folder / name / "x.png")
+    (tmp_path / "bad" / "train" / "b" / "y.png").write_bytes(b"not an image")
+    fold = ("--validation-fraction", "0")
     for args, needles in (
         (("evaluate", str(tmp_path / "empty")), ("not a training run directory",)),
         (("train", "--out", str(run)), ("--resume", "--out")),
         (("export", str(run / "config.json"), "--out", "x"), (".keras",)),
         (("export", str(run), "--out", str(tmp_path / "served"), "--version", "1"),
          ("version 1 already exists", "--overwrite")),
+        (("evaluate", "code.keras"), ("code.keras", "contains code", "--allow-unsafe")),
+        (("predict", "code.keras", "--sample", "1"), ("code.keras", "--allow-unsafe")),
+        (("export", "code.keras", "--out", "x"), ("code.keras", "--allow-unsafe")),
+        (("evaluate", "half.keras"), ("half.keras", "truncated or corrupted")),
+        (("predict", "weights_only.keras", "--sample", "1"), ("weights_only.keras", "config.json")),
+        (("train", "--dataset", str(tmp_path / "flat"), *fold, "--out", "r"), ("test/",)),
+        (("train", "--dataset", str(tmp_path / "one"), "--out", "r"), ("at least 2",)),
+        (("train", "--dataset", str(tmp_path / "bad"), "--out", "r"), ("y.png", "--bad-images")),
+        (("predict", "code.keras", str(tmp_path / "bad/train/b/y.png"), "--allow-unsafe"),
+         ("y.png", "not a JPEG, PNG")),
+        (("evaluate", str(run), "--out", "/proc/keras-densenet/x"), ("--out", "not writable")),
+        (("export", "code.keras", "--allow-unsafe", "--out", "/proc/keras-densenet/x"),
+         ("--out", "not writable")),
+        (("export", "code.keras", "--allow-unsafe", "--out", "x", "--tflite", "int8"),
+         ("--calibration-dataset",)),
+        (("summary", "--input-shape", "16,16,3"), ("--input-shape", "at least 29")),
     ):  # fmt: skip
         proc = run_fast(*args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and all(n in lines[0] for n in needles), proc.stderr
         assert "TF_NOT_IMPORTED" in proc.stdout, args
-    assert sorted(os.listdir(tmp_path)) == ["empty", "run", "served"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "bad",
+        "code.keras",
+        "empty",
+        "flat",
+        "half.keras",
+        "one",
+        "run",
+        "served",
+        "weights_only.keras",
+    ]
     assert sorted(os.listdir(run)) == ["config.json", "last.keras"]
 
 

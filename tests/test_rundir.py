@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import h5py
 import numpy as np
@@ -30,6 +32,54 @@ HOLDER = textwrap.dedent(
         time.sleep(60)
     """
 )
+
+
+def _archive(path, config):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    return path
+
+
+def test_model_file_is_checked_without_loading(tmp_path):
+    lam = {"class_name": "__lambda__", "config": {"code": "..."}}
+    plain = {"class_name": "Functional", "config": {"layers": [{"class_name": "Dense"}]}}
+    plain_path = _archive(tmp_path / "plain.keras", plain)
+    assert rundir.check_model_file(plain_path) == str(plain_path)
+    # Keras marks a serialized lambda wherever it sits: a Lambda layer's function
+    # or output_shape, or any config value.
+    for where, config in {
+        "function": {"layers": [{"class_name": "Lambda", "config": {"function": lam}}]},
+        "output_shape": {"layers": [{"config": {"function": "f", "output_shape": lam}}]},
+        "list": {"layers": [[{"nested": [lam]}]]},
+    }.items():
+        path = _archive(tmp_path / f"{where}.keras", {"config": config})
+        with pytest.raises(ValueError, match=rf"{where}\.keras.*allow_unsafe"):
+            rundir.check_model_file(path)
+        assert rundir.check_model_file(path, allow_unsafe=True) == str(path)
+    with zipfile.ZipFile(tmp_path / "no_config.keras", "w") as archive:
+        archive.writestr("model.weights.h5", b"")
+    (tmp_path / "bad_json.keras").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "bad_json.keras", "w") as archive:
+        archive.writestr("config.json", "{not json")
+    for name in ("no_config.keras", "bad_json.keras"):
+        with pytest.raises(ValueError, match=rf"{re.escape(name)}.*truncated or corrupted"):
+            rundir.check_model_file(tmp_path / name)
+
+
+def test_writable_dir_check_leaves_the_disk_as_it_was(tmp_path):
+    target = tmp_path / "a" / "b" / "c"
+    assert rundir.ensure_writable_dir(target, keep=False) == str(target)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "file").write_text("x")
+    rundir.ensure_writable_dir(tmp_path / "kept", keep=False)
+    assert os.listdir(tmp_path / "kept") == ["file"]
+    with pytest.raises(ValueError, match=r"`out`.*not a directory"):
+        rundir.ensure_writable_dir(tmp_path / "kept" / "file", keep=False)
+    with pytest.raises(ValueError, match=r"`out`.*not writable"):
+        rundir.ensure_writable_dir(tmp_path / "kept" / "file" / "below", keep=False)
+    assert sorted(os.listdir(tmp_path)) == ["kept"]
+    assert rundir.ensure_writable_dir(target) == str(target) and target.is_dir()
 
 
 @pytest.mark.reliability("faults")

@@ -80,6 +80,12 @@ def _train(args: argparse.Namespace) -> int:
             f"--out {config.out!r} already holds a run: pass --resume to continue it, or choose "
             "another --out"
         )
+    from keras_densenet.data.sources import check_folder_early  # no TensorFlow
+
+    fraction = config.validation_fraction or None
+    splits = ("train", "test", "validation") if fraction else ("train", "test")
+    check_folder_early(config.dataset, config.data_dir, splits, fraction, config.bad_images)
+    rundir.ensure_writable_dir(config.out, keep=False)
     _import_keras()
     from keras_densenet.training import OutOfMemoryError, TrainingError, train
 
@@ -99,20 +105,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_path(path: str, savedmodel: bool = False) -> None:
-    """Refuses a missing model before TensorFlow is imported (seconds of start-up)."""
+def _model_path(args: argparse.Namespace, savedmodel: bool = False) -> None:
+    """Refuses a model that cannot load before TensorFlow is imported (seconds of start-up).
+
+    A missing file, a run directory without a model, a file that is not a
+    ``.keras`` archive and one carrying a lambda without ``--allow-unsafe``.
+    """
     from keras_densenet import rundir
 
-    if savedmodel and os.path.isdir(path):
-        return  # a SavedModel or run directory: the library tells which
+    path = args.model
+    if savedmodel and os.path.isdir(path) and not rundir.is_run_dir(path):
+        return  # a SavedModel: the library checks it
     if not os.path.exists(path):
         raise UsageError(f"model file or directory not found: {path!r}")
-    if not savedmodel:
-        rundir.model_file(path)  # a run directory without a model, a file that is not .keras
+    if savedmodel and not path.endswith(".keras") and os.path.isfile(path):
+        return  # predict names what it accepts
+    rundir.check_model_file(path, allow_unsafe=args.allow_unsafe)
+
+
+def _writable_out(args: argparse.Namespace) -> None:
+    """Refuses an ``--out`` that cannot be written before TensorFlow is imported."""
+    from keras_densenet import rundir
+
+    if args.out is not None:
+        rundir.ensure_writable_dir(args.out, keep=False)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _model_path(args.model)
+    _model_path(args)
+    _writable_out(args)
     _import_keras()
     from keras_densenet.evaluation import evaluate
 
@@ -128,18 +149,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration(args: argparse.Namespace) -> Any:
-    """int8 calibration images, gathered before anything is written."""
+def _run_of(args: argparse.Namespace) -> str:
+    """The run directory ``--tflite int8`` calibrates from, refused before TensorFlow."""
     from keras_densenet import rundir
-    from keras_densenet.export import calibration_images
 
     directory = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
+    if args.calibration_dataset is None and not os.path.isfile(
+        os.path.join(directory, rundir.CONFIG)
+    ):
+        raise UsageError(
+            f"--tflite int8 needs images to calibrate with: {args.model!r} is not in a run "
+            "directory, so pass --calibration-dataset"
+        )
+    return directory
+
+
+def _calibration(args: argparse.Namespace) -> Any:
+    """int8 calibration images, gathered before anything is written."""
+    from keras_densenet.export import calibration_images
+
+    directory = _run_of(args)
     if args.calibration_dataset is None:
-        if not os.path.isfile(os.path.join(directory, rundir.CONFIG)):
-            raise UsageError(
-                f"--tflite int8 needs images to calibrate with: {args.model!r} is not in a run "
-                "directory, so pass --calibration-dataset"
-            )
         return calibration_images(directory)
     from keras_densenet.data import load_dataset
     from keras_densenet.export.model import load_keras_model, model_spec
@@ -159,7 +189,7 @@ def _calibration(args: argparse.Namespace) -> Any:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _model_path(args.model)
+    _model_path(args)
     if args.version is not None and args.format != "onnx" and not args.overwrite:
         existing = os.path.join(args.out, str(args.version))
         if os.path.exists(existing):
@@ -167,6 +197,9 @@ def _export(args: argparse.Namespace) -> int:
                 f"version {args.version} already exists at {existing!r}: pass --overwrite to "
                 "replace it, or leave out --version for the next free version"
             )
+    if args.tflite == "int8":
+        _run_of(args)
+    _writable_out(args)
     _import_keras()
     from keras_densenet import export
 
@@ -219,7 +252,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError("give image files or --sample N")
     if args.images and args.sample:
         raise UsageError("give either image files or --sample N, not both")
-    _model_path(args.model, savedmodel=True)
+    _model_path(args, savedmodel=True)
+    from keras_densenet.images import inspect_file  # no TensorFlow
+
+    for path in args.images:  # a file that is no image is refused at once
+        inspect_file(path, args.max_image_pixels)
     _import_keras()
     from keras_densenet import export
 
@@ -247,19 +284,20 @@ def _predict(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     import json
 
-    _import_keras()
-    from keras_densenet.analysis import block_table, format_table
-    from keras_densenet.models import build_densenet
+    from keras_densenet.architecture import resolve_config  # no TensorFlow
 
     architecture = _options(
         args, ("depth", "blocks", "growth_rate", "compression", "bottleneck", "dropout_rate")
     )
+    architecture["input_shape"] = tuple(args.input_shape) if args.input_shape else None
+    architecture["num_classes"] = args.num_classes
+    resolve_config(args.preset, **architecture)  # a bad architecture is refused at once
+    _import_keras()
+    from keras_densenet.analysis import block_table, format_table
+    from keras_densenet.models import build_densenet
+
     model = build_densenet(
-        args.preset,
-        **architecture,
-        input_shape=tuple(args.input_shape) if args.input_shape else None,
-        num_classes=args.num_classes,
-        memory_efficient=bool(args.memory_efficient),
+        args.preset, **architecture, memory_efficient=bool(args.memory_efficient)
     )
     print(json.dumps(block_table(model)) if args.json else format_table(model))
     return 0
@@ -340,6 +378,7 @@ def _tune(args: argparse.Namespace) -> int:
     from keras_densenet.tuning.space import SearchSpace
 
     SearchSpace({f: getattr(base, f) for f in ("depth", "blocks")}, ranges, fixed)
+    _writable_out(args)
     _import_keras()
     from keras_densenet.tuning import tune
 

@@ -129,6 +129,40 @@ def _checked_files(
     return good, bad
 
 
+def check_folder(
+    root: str,
+    name: str,
+    splits: tuple[str, ...],
+    validation_fraction: float | None,
+    bad_images: str = "error",
+) -> None:
+    """Runs `load_folder`'s checks of some splits without reading any pixels.
+
+    The same checks, in the same order, with no TensorFlow: the command line
+    calls it before its seconds of start-up, so a folder that cannot train
+    is refused at once. The warning about skipped files is left to
+    `load_folder`.
+
+    Args:
+        root: The image folder.
+        name: The dataset name it was given as, for messages.
+        splits: The splits to check (``"train"``, ``"validation"``, ``"test"``).
+        validation_fraction: Part of train carved off as validation, or None.
+        bad_images: ``"error"`` or ``"skip"`` for bad files.
+
+    Raises:
+        ValueError: As `load_folder` would.
+    """
+    for split in splits:
+        train_dir, directory, subset = _split_directory(root, split, validation_fraction)
+        classes = _checked_classes(train_dir, directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _checked_files(
+                name, directory, classes, subset is not None, validation_fraction, bad_images
+            )
+
+
 def load_folder(
     root: str,
     name: str,
@@ -214,4 +248,4 @@ def _native_size(path: str) -> tuple[int, int]:
     return info.height, info.width
 
 
-__all__ = ["folder_root", "load_folder"]
+__all__ = ["check_folder", "folder_root", "load_folder"]

@@ -24,7 +24,7 @@ from keras_densenet.data.base import (
     carve,
     tf_module,
 )
-from keras_densenet.data.folder import folder_root, load_folder
+from keras_densenet.data.folder import check_folder, folder_root, load_folder
 from keras_densenet.data.idx import (
     IDX_CLASS_NAMES,
     IDX_DIRS,
@@ -163,6 +163,35 @@ def _not_found(name: str, split: str, tried: list[str], download: bool) -> Datas
     )
 
 
+def check_folder_early(
+    name: str,
+    data_dir: str | None,
+    splits: tuple[str, ...],
+    validation_fraction: float | None,
+    bad_images: str = "error",
+) -> None:
+    """Checks an image folder's splits before TensorFlow is imported, where it can.
+
+    Only a name that no earlier source in `find_source`'s order could claim
+    (a path that is not a TFDS name) is checked here; anything else is left
+    to the loader.
+
+    Args:
+        name: Dataset name or image folder.
+        data_dir: Where to look (see `keras_densenet.data.load_dataset`).
+        splits: The splits that will be loaded.
+        validation_fraction: Part of train carved off as validation, or None.
+        bad_images: ``"error"`` or ``"skip"`` for bad files.
+
+    Raises:
+        ValueError: If the folder cannot give those splits (see `load_folder`).
+    """
+    root = folder_root(name, data_dir)
+    if name == SAMPLE_NAME or TFDS_NAME.match(name) or root is None:
+        return
+    check_folder(root, name, splits, validation_fraction, bad_images)
+
+
 def find_source(
     name: str,
     split: str,
@@ -229,4 +258,4 @@ def find_source(
     return source
 
 
-__all__ = ["SOURCES", "DatasetNotFoundError", "Source", "find_source"]
+__all__ = ["SOURCES", "DatasetNotFoundError", "Source", "check_folder_early", "find_source"]
