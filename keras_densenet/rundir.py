@@ -27,6 +27,7 @@ import errno
 import json
 import math
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -105,14 +106,17 @@ def lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[
 def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: bool = True) -> str:
     """Creates a directory if needed and checks a file can be written in it.
 
-    With ``keep=False`` it only checks: the directories it had to create are
-    removed again, so a command can refuse a bad output path before its
-    expensive work and still write nothing when it refuses something else.
+    With ``keep=False`` it only checks, creating no directory: a file can be
+    written in the directory, or else in its nearest existing ancestor (so
+    the missing part can be created). A command can then refuse a bad output
+    path before its expensive work and still leave the disk as it was when it
+    refuses something else; processes checking the same path at once do not
+    disturb each other.
 
     Args:
         path: The directory.
         name: The argument it came from, for the message.
-        keep: Keep the directories it created.
+        keep: Create the directory (False: only check that it could be).
 
     Returns:
         ``path`` as a string.
@@ -123,21 +127,21 @@ def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: boo
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
-    created = []
-    head = os.path.abspath(path)
-    while not keep and not os.path.lexists(head) and os.path.dirname(head) != head:
-        created.append(head)
-        head = os.path.dirname(head)
     try:
-        os.makedirs(path, exist_ok=True)
-        _io.write_bytes(os.path.join(path, ".write-test"), b"")
-        os.remove(os.path.join(path, ".write-test"))
+        if keep:
+            os.makedirs(path, exist_ok=True)
+            probe = path
+        else:  # the nearest existing ancestor, with symlinks and ".." resolved
+            probe = os.path.realpath(path)
+            while not os.path.lexists(probe):
+                probe = os.path.dirname(probe)
+            if not os.path.isdir(probe):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), probe)
+        fd, test = tempfile.mkstemp(prefix=".write-test-", dir=probe)
+        os.close(fd)
+        os.remove(test)
     except OSError as err:
         raise ValueError(f"`{name}` {path!r} is not writable: {err.strerror or err}.") from err
-    finally:
-        for directory in created:  # deepest first
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
     return path
 
 
@@ -178,14 +182,26 @@ def model_file(path: str | os.PathLike) -> str:
     return path
 
 
+#: The largest ``config.json`` read from a ``.keras`` archive: a DenseNet-264's
+#: is about 1 MB; a larger one is refused before it is decompressed.
+MAX_CONFIG_BYTES = 256 * 2**20
+
+
 def _carries_lambda(config: Any) -> bool:
-    """Whether a Keras config holds a serialized Python lambda anywhere."""
-    if isinstance(config, dict):
-        return config.get("class_name") == "__lambda__" or any(
-            _carries_lambda(v) for v in config.values()
-        )
-    if isinstance(config, list):
-        return any(_carries_lambda(v) for v in config)
+    """Whether a model's config holds a serialized Python lambda.
+
+    The top-level ``compile_config`` is left out: ``compile=False`` loads
+    never deserialize it, and a compiling load lets Keras' safe mode refuse.
+    """
+    stack = [v for k, v in config.items() if k != "compile_config"]
+    while stack:  # iterative: a deeply nested file cannot exhaust the stack
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class_name") == "__lambda__":
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -193,9 +209,10 @@ def check_model_file(path: str | os.PathLike, *, allow_unsafe: bool = False) -> 
     """Checks a ``.keras`` file as far as it can be without TensorFlow.
 
     Reads the archive's ``config.json`` only (no weights, no Keras): a file
-    that is not a zip archive, has no readable config, or holds a Python
-    ``lambda`` (the objects Keras' safe mode refuses, marked
-    ``"class_name": "__lambda__"``) is refused before seconds of start-up.
+    that is not a zip archive or has no readable config is refused, and so
+    is one whose model holds a Python ``lambda`` (what Keras' safe mode
+    refuses, marked ``"class_name": "__lambda__"``) unless allowed. Keras'
+    own safe mode still applies when the file is loaded.
 
     Args:
         path: A ``.keras`` file, or a run directory (its best, else last, model).
@@ -205,15 +222,21 @@ def check_model_file(path: str | os.PathLike, *, allow_unsafe: bool = False) -> 
         The model file's path.
 
     Raises:
-        ValueError: If the file is missing, truncated, corrupted, or carries
-            code that was not allowed.
+        ValueError: If the file is missing, unreadable, truncated, corrupted,
+            or carries code that was not allowed.
     """
     path = model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            text = archive.read("config.json")
-        config = json.loads(text)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as err:
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:
+                raise ValueError(f"its config.json is {size:,} bytes uncompressed")
+            config = json.loads(archive.read("config.json"))
+        if not isinstance(config, dict):
+            raise ValueError("its config.json is not a JSON object")
+    except PermissionError as err:
+        raise ValueError(f"Cannot read model file {path!r}: {err.strerror or err}.") from None
+    except Exception as err:  # zip, zlib, JSON and encoding errors alike
         raise ValueError(
             f"{path!r} is not a valid .keras file ({type(err).__name__}: {err}): truncated or "
             "corrupted."
@@ -490,6 +513,7 @@ __all__ = [
     "MODELS",
     "SUMMARY",
     "DirectoryInUseError",
+    "check_model_file",
     "class_names",
     "ensure_writable_dir",
     "epochs_done",

@@ -301,7 +301,12 @@ def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
     (tmp_path / "served" / "1").mkdir(parents=True)
     from PIL import Image
 
-    for folder, classes in (("flat", "ab"), ("one/train", "a"), ("bad/train", "ab")):
+    for folder, classes in (
+        ("flat", "ab"),
+        ("one/train", "a"),
+        ("bad/train", "ab"),
+        ("bad/test", "ab"),
+    ):
         for name in classes:
             (tmp_path / folder / name).mkdir(parents=True)
             Image.new("L", (4, 4)).save(tmp_path / folder / name / "x.png")
@@ -310,6 +315,7 @@ def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
     for args, needles in (
         (("evaluate", str(tmp_path / "empty")), ("not a training run directory",)),
         (("train", "--out", str(run)), ("--resume", "--out")),
+        (("train", "--out", str(run), "--resume"), ("--resume", "same options")),
         (("export", str(run / "config.json"), "--out", "x"), (".keras",)),
         (("export", str(run), "--out", str(tmp_path / "served"), "--version", "1"),
          ("version 1 already exists", "--overwrite")),
@@ -320,7 +326,8 @@ def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
         (("predict", "weights_only.keras", "--sample", "1"), ("weights_only.keras", "config.json")),
         (("train", "--dataset", str(tmp_path / "flat"), *fold, "--out", "r"), ("test/",)),
         (("train", "--dataset", str(tmp_path / "one"), "--out", "r"), ("at least 2",)),
-        (("train", "--dataset", str(tmp_path / "bad"), "--out", "r"), ("y.png", "--bad-images")),
+        (("train", "--dataset", str(tmp_path / "bad"), "--out", "r"),
+         ("--validation-fraction=0.1", "leaves no validation images")),
         (("predict", "code.keras", str(tmp_path / "bad/train/b/y.png"), "--allow-unsafe"),
          ("y.png", "not a JPEG, PNG")),
         (("evaluate", str(run), "--out", "/proc/keras-densenet/x"), ("--out", "not writable")),
@@ -346,7 +353,7 @@ def test_refusals_that_need_a_look_at_the_disk_come_before_tensorflow(tmp_path):
         "served",
         "weights_only.keras",
     ]
-    assert sorted(os.listdir(run)) == ["config.json", "last.keras"]
+    assert sorted(os.listdir(run)) == [".lock", "config.json", "last.keras"]
 
 
 def test_help_is_fast_and_complete():

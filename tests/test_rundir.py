@@ -40,7 +40,7 @@ def _archive(path, config):
     return path
 
 
-def test_model_file_is_checked_without_loading(tmp_path):
+def test_model_file_is_checked_without_loading(tmp_path, monkeypatch):
     lam = {"class_name": "__lambda__", "config": {"code": "..."}}
     plain = {"class_name": "Functional", "config": {"layers": [{"class_name": "Dense"}]}}
     plain_path = _archive(tmp_path / "plain.keras", plain)
@@ -56,14 +56,47 @@ def test_model_file_is_checked_without_loading(tmp_path):
         with pytest.raises(ValueError, match=rf"{where}\.keras.*allow_unsafe"):
             rundir.check_model_file(path)
         assert rundir.check_model_file(path, allow_unsafe=True) == str(path)
+    # A lambda loss is in the top-level compile_config, which a load with
+    # compile=False never reads: Keras loads such a file in safe mode, so do we.
+    compiled = _archive(tmp_path / "loss.keras", {**plain, "compile_config": {"loss": lam}})
+    assert rundir.check_model_file(compiled) == str(compiled)
+    # Nesting deeper than Python's recursion limit is refused, not a traceback.
+    deep_path = tmp_path / "deep.keras"
+    with zipfile.ZipFile(deep_path, "w") as archive:
+        archive.writestr("config.json", '{"config": ' * 50_000 + "{}" + "}" * 50_000)
+    with pytest.raises(ValueError, match=r"deep\.keras.*truncated or corrupted"):
+        rundir.check_model_file(deep_path)
     with zipfile.ZipFile(tmp_path / "no_config.keras", "w") as archive:
         archive.writestr("model.weights.h5", b"")
-    (tmp_path / "bad_json.keras").write_bytes(b"")
-    with zipfile.ZipFile(tmp_path / "bad_json.keras", "w") as archive:
-        archive.writestr("config.json", "{not json")
-    for name in ("no_config.keras", "bad_json.keras"):
+    for name, text in (("bad_json.keras", "{not json"), ("list.json.keras", "[]")):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("config.json", text)
+    (tmp_path / "half.keras").write_bytes(plain_path.read_bytes()[:30])
+    for name in ("no_config.keras", "bad_json.keras", "list.json.keras", "half.keras"):
         with pytest.raises(ValueError, match=rf"{re.escape(name)}.*truncated or corrupted"):
             rundir.check_model_file(tmp_path / name)
+    # A config that would decompress to more than the cap is refused unread.
+    with zipfile.ZipFile(tmp_path / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", "{" + " " * 5000 + "}")
+    monkeypatch.setattr(rundir, "MAX_CONFIG_BYTES", 4096)
+    with pytest.raises(ValueError, match=r"bomb\.keras.*5,002 bytes uncompressed"):
+        rundir.check_model_file(tmp_path / "bomb.keras")
+
+
+def test_keras_safe_mode_still_refuses_when_the_early_check_is_skipped(tmp_path, monkeypatch):
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = tmp_path / "code.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ValueError, match="contains code"):
+        rundir.check_model_file(path)
+    monkeypatch.setattr(rundir, "check_model_file", lambda p, **_: rundir.model_file(p))
+    with pytest.raises(ValueError, match=r"code\.keras.*contains code.*allow_unsafe"):
+        rundir.load_model(path)
+    model = rundir.load_model(path, allow_unsafe=True)
+    assert float(model(np.ones((1, 4), "float32"))[0, 0]) == 2.0
 
 
 def test_writable_dir_check_leaves_the_disk_as_it_was(tmp_path):
@@ -72,14 +105,46 @@ def test_writable_dir_check_leaves_the_disk_as_it_was(tmp_path):
     assert os.listdir(tmp_path) == []
     (tmp_path / "kept").mkdir()
     (tmp_path / "kept" / "file").write_text("x")
-    rundir.ensure_writable_dir(tmp_path / "kept", keep=False)
-    assert os.listdir(tmp_path / "kept") == ["file"]
+    (tmp_path / "empty").mkdir()
+    for existing in ("kept", "empty"):
+        rundir.ensure_writable_dir(tmp_path / existing, keep=False)
+    assert os.listdir(tmp_path / "kept") == ["file"] and os.listdir(tmp_path / "empty") == []
+    # ".." and symlinks are resolved as the system resolves them.
+    os.symlink(tmp_path / "kept", tmp_path / "link")
+    rundir.ensure_writable_dir(tmp_path / "link" / "new" / ".." / "x", keep=False)
+    rundir.ensure_writable_dir(tmp_path / "nothing" / ".." / "x", keep=False)
     with pytest.raises(ValueError, match=r"`out`.*not a directory"):
         rundir.ensure_writable_dir(tmp_path / "kept" / "file", keep=False)
     with pytest.raises(ValueError, match=r"`out`.*not writable"):
         rundir.ensure_writable_dir(tmp_path / "kept" / "file" / "below", keep=False)
-    assert sorted(os.listdir(tmp_path)) == ["kept"]
+    with pytest.raises(ValueError, match=r"`out`.*not writable"):
+        rundir.ensure_writable_dir(tmp_path / "link" / "file" / "below", keep=False)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "kept", "link"]
+    assert os.listdir(tmp_path / "kept") == ["file"]
     assert rundir.ensure_writable_dir(target) == str(target) and target.is_dir()
+    assert os.listdir(target) == []
+
+
+def test_writable_dir_checks_side_by_side_do_not_disturb_each_other(tmp_path):
+    # Each check writes its own uniquely named file: many at once never trip
+    # over each other's, whether they create the directory or only look.
+    script = textwrap.dedent(
+        """
+        import sys
+        from keras_densenet import rundir
+        for i in range(200):
+            rundir.ensure_writable_dir(sys.argv[1], keep=i % 2 == 0)
+        """
+    )
+    target = str(tmp_path / "shared" / "out")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, target], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr[-2000:]
+    assert os.listdir(target) == []
 
 
 @pytest.mark.reliability("faults")

@@ -15,7 +15,7 @@ from typing import Any
 
 from keras_densenet.cli.arguments import PROG, UsageError, fail
 from keras_densenet.training.config import OPTIONS, TrainConfig
-from keras_densenet.tuning.space import QUICK
+from keras_densenet.tuning.space import QUICK, search_role
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
@@ -80,12 +80,8 @@ def _train(args: argparse.Namespace) -> int:
             f"--out {config.out!r} already holds a run: pass --resume to continue it, or choose "
             "another --out"
         )
-    from keras_densenet.data.sources import check_folder_early  # no TensorFlow
-
-    fraction = config.validation_fraction or None
-    splits = ("train", "test", "validation") if fraction else ("train", "test")
-    check_folder_early(config.dataset, config.data_dir, splits, fraction, config.bad_images)
-    rundir.ensure_writable_dir(config.out, keep=False)
+    if _checked_early(config) is None:
+        return _report(rundir.read_summary(config.out) or {}, config.out, complete=True)
     _import_keras()
     from keras_densenet.training import OutOfMemoryError, TrainingError, train
 
@@ -93,14 +89,43 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(config)
     except TrainingError as err:
         fail(f"{PROG} train: {err}", code=1, at_once=isinstance(err, OutOfMemoryError))
-    if summary.get("already_complete"):
-        print(
-            f"run {config.out} is already complete ({summary.get('epochs')} epochs): nothing to do"
-        )
+    return _report(summary, config.out, complete=bool(summary.get("already_complete")))
+
+
+def _checked_early(config: TrainConfig) -> int | None:
+    """What `train` checks first, asked before TensorFlow is imported.
+
+    A resumed run's directory (options, backup, history; in use by another
+    process), else the image folder's layout and a writable ``--out``.
+    Returns the epochs done, None when a resumed run is complete. Hosts of a
+    ``data_parallel`` run each have their own directory: the library checks.
+    """
+    from keras_densenet import rundir
+
+    if config.distribute == "data_parallel":
+        return 0
+    if os.path.exists(os.path.join(config.out, rundir.CONFIG)):  # a resumed run
+        from keras_densenet.training.resume import prepare_run_dir
+
+        with rundir.lock(config.out):
+            return prepare_run_dir(config)
+    from keras_densenet.data.sources import check_folder_early
+
+    fraction = config.validation_fraction or None
+    splits = ("train", "test", "validation") if fraction else ("train", "test")
+    check_folder_early(config.dataset, config.data_dir, splits, fraction)
+    rundir.ensure_writable_dir(config.out, keep=False)
+    return 0
+
+
+def _report(summary: dict[str, Any], out: str, complete: bool) -> int:
+    """The run's last line (and that it was complete already)."""
+    if complete:
+        print(f"run {out} is already complete ({summary.get('epochs')} epochs): nothing to do")
     print(
         f"test accuracy {summary['test_accuracy']:.4f} | params {summary['params']:,} | "
         f"{summary['epochs']} epochs | {summary['images_per_second'] or 0:.1f} images/s | "
-        f"{summary['wall_time_s']:.0f} s | run {config.out}"
+        f"{summary['wall_time_s']:.0f} s | run {out}"
     )
     return 0
 
@@ -112,10 +137,13 @@ def _model_path(args: argparse.Namespace, savedmodel: bool = False) -> None:
     ``.keras`` archive and one carrying a lambda without ``--allow-unsafe``.
     """
     from keras_densenet import rundir
+    from keras_densenet.export.versions import list_versions
 
     path = args.model
-    if savedmodel and os.path.isdir(path) and not rundir.is_run_dir(path):
-        return  # a SavedModel: the library checks it
+    if savedmodel and os.path.isdir(path):
+        exported = os.path.isfile(os.path.join(path, "saved_model.pb")) or list_versions(path)
+        if exported or not rundir.is_run_dir(path):
+            return  # a SavedModel comes first, and the library checks it
     if not os.path.exists(path):
         raise UsageError(f"model file or directory not found: {path!r}")
     if savedmodel and not path.endswith(".keras") and os.path.isfile(path):
@@ -253,10 +281,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.images and args.sample:
         raise UsageError("give either image files or --sample N, not both")
     _model_path(args, savedmodel=True)
-    from keras_densenet.images import inspect_file  # no TensorFlow
+    from keras_densenet.images import read_image_file  # no TensorFlow
 
     for path in args.images:  # a file that is no image is refused at once
-        inspect_file(path, args.max_image_pixels)
+        read_image_file(path, args.max_image_pixels)
     _import_keras()
     from keras_densenet import export
 
@@ -378,7 +406,8 @@ def _tune(args: argparse.Namespace) -> int:
     from keras_densenet.tuning.space import SearchSpace
 
     SearchSpace({f: getattr(base, f) for f in ("depth", "blocks")}, ranges, fixed)
-    _writable_out(args)
+    if search_role() != "worker":  # the chief owns the directory
+        _writable_out(args)
     _import_keras()
     from keras_densenet.tuning import tune
 

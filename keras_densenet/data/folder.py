@@ -98,6 +98,13 @@ def _checked_classes(train_dir: str, directory: str) -> list[str]:
     return classes
 
 
+def _no_images(name: str, directory: str) -> ValueError:
+    return ValueError(
+        f"`name`={name!r}: image folder {directory!r} holds no readable "
+        f"{'/'.join(EXTENSIONS)} images in its class sub-folders."
+    )
+
+
 def _checked_files(
     name: str,
     directory: str,
@@ -107,19 +114,10 @@ def _checked_files(
     bad_images: str,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The split's good image files and the bad ones (path, reason), checked."""
-    files = _image_files(directory, classes)
+    files = _listed_files(name, directory, classes, carved, validation_fraction)
     good, bad = check_image_files(files, bad_images)
     if not good:
-        raise ValueError(
-            f"`name`={name!r}: image folder {directory!r} holds no readable "
-            f"{'/'.join(EXTENSIONS)} images in its class sub-folders."
-        )
-    if carved and int(validation_fraction * len(files)) < 1:
-        raise ValueError(
-            f"`validation_fraction`={validation_fraction} of the {len(files)} images in "
-            f"{directory!r} leaves no validation images: use a larger fraction, or 0 to "
-            "validate on the test split."
-        )
+        raise _no_images(name, directory)
     if bad:
         warnings.warn(
             f"Skipped {len(bad)} of {len(files)} files in image folder {directory!r} that are "
@@ -134,21 +132,20 @@ def check_folder(
     name: str,
     splits: tuple[str, ...],
     validation_fraction: float | None,
-    bad_images: str = "error",
 ) -> None:
-    """Runs `load_folder`'s checks of some splits without reading any pixels.
+    """`load_folder`'s checks of a folder's layout, without TensorFlow or any image read.
 
-    The same checks, in the same order, with no TensorFlow: the command line
-    calls it before its seconds of start-up, so a folder that cannot train
-    is refused at once. The warning about skipped files is left to
-    `load_folder`.
+    Split and class sub-folders, an empty split and a validation fraction
+    that leaves no image are refused as `load_folder` would; the files
+    themselves are checked when they are loaded. The command line calls it
+    before its seconds of start-up, so a folder that cannot train is refused
+    at once.
 
     Args:
         root: The image folder.
         name: The dataset name it was given as, for messages.
         splits: The splits to check (``"train"``, ``"validation"``, ``"test"``).
         validation_fraction: Part of train carved off as validation, or None.
-        bad_images: ``"error"`` or ``"skip"`` for bad files.
 
     Raises:
         ValueError: As `load_folder` would.
@@ -156,11 +153,27 @@ def check_folder(
     for split in splits:
         train_dir, directory, subset = _split_directory(root, split, validation_fraction)
         classes = _checked_classes(train_dir, directory)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _checked_files(
-                name, directory, classes, subset is not None, validation_fraction, bad_images
-            )
+        _listed_files(name, directory, classes, subset is not None, validation_fraction)
+
+
+def _listed_files(
+    name: str,
+    directory: str,
+    classes: list[str],
+    carved: bool,
+    validation_fraction: float | None,
+) -> list[str]:
+    """The split's image files, refused when there are none or none to validate on."""
+    files = _image_files(directory, classes)
+    if not files:
+        raise _no_images(name, directory)
+    if carved and int(validation_fraction * len(files)) < 1:
+        raise ValueError(
+            f"`validation_fraction`={validation_fraction} of the {len(files)} images in "
+            f"{directory!r} leaves no validation images: use a larger fraction, or 0 to "
+            "validate on the test split."
+        )
+    return files
 
 
 def load_folder(

@@ -168,9 +168,8 @@ def check_folder_early(
     data_dir: str | None,
     splits: tuple[str, ...],
     validation_fraction: float | None,
-    bad_images: str = "error",
 ) -> None:
-    """Checks an image folder's splits before TensorFlow is imported, where it can.
+    """Checks an image folder's layout before TensorFlow is imported, where it can.
 
     Only a name that no earlier source in `find_source`'s order could claim
     (a path that is not a TFDS name) is checked here; anything else is left
@@ -181,15 +180,14 @@ def check_folder_early(
         data_dir: Where to look (see `keras_densenet.data.load_dataset`).
         splits: The splits that will be loaded.
         validation_fraction: Part of train carved off as validation, or None.
-        bad_images: ``"error"`` or ``"skip"`` for bad files.
 
     Raises:
-        ValueError: If the folder cannot give those splits (see `load_folder`).
+        ValueError: If the folder cannot give those splits (see `check_folder`).
     """
     root = folder_root(name, data_dir)
     if name == SAMPLE_NAME or TFDS_NAME.match(name) or root is None:
         return
-    check_folder(root, name, splits, validation_fraction, bad_images)
+    check_folder(root, name, splits, validation_fraction)
 
 
 def find_source(

@@ -31,7 +31,7 @@ from keras_densenet.training.callbacks import (
     AtomicModelCheckpoint,
     ThroughputMeter,
 )
-from keras_densenet.training.config import LEGACY_OPTIONS, TrainConfig
+from keras_densenet.training.config import TrainConfig
 from keras_densenet.training.data import TrainingData, load_training_data
 from keras_densenet.training.finish import finish_run
 from keras_densenet.training.recipe import (
@@ -42,6 +42,7 @@ from keras_densenet.training.recipe import (
     resolve_jit_compile,
     resolve_precision,
 )
+from keras_densenet.training.resume import prepare_run_dir
 
 
 class TrainingError(RuntimeError):
@@ -55,50 +56,6 @@ class OutOfMemoryError(TrainingError):
     variable can itself fail), so a program should report it and exit; the
     run directory is consistent (files are renamed into place whole).
     """
-
-
-#: Options a resumed run may change: it may run longer or with another
-#: learning rate (e.g. lower after a NaN loss), print differently, recalibrate
-#: BN with more or fewer batches, or live in a moved directory. Anything else
-#: would silently change the experiment.
-_RESUMABLE_CHANGES = frozenset(
-    {"resume", "verbose", "epochs", "learning_rate", "bn_recalibrate_steps", "out"}
-)
-
-
-def _prepare_run_dir(config: TrainConfig) -> int | None:
-    """Checks ``out`` before any file is written; returns the epochs already done.
-
-    Returns None when a resumed run is already complete (nothing to do).
-    """
-    out = config.out
-    has_run = os.path.exists(os.path.join(out, rundir.CONFIG))
-    if has_run and not config.resume:
-        raise ValueError(
-            f"`out` {out!r} already holds a run: pass `resume=True` to continue it, "
-            "or choose another directory."
-        )
-    if not (has_run and config.resume):
-        return 0
-    previous = {**LEGACY_OPTIONS, **rundir.read_config(out)}
-    changed = rundir.option_changes(previous, config.to_dict(), _RESUMABLE_CHANGES)
-    if changed:
-        raise ValueError(
-            f"`resume` needs the same options as the run in {out!r}; these differ "
-            f"(was, now): {changed}."
-        )
-    done = rundir.epochs_done(out)
-    history = os.path.join(out, rundir.HISTORY)
-    if os.path.exists(history):
-        rundir.read_history(history)  # a corrupted history is named now, not after training
-    if done > config.epochs:
-        raise ValueError(
-            f"The run in {out!r} has already trained {done} epochs: `epochs` must be at least "
-            f"{done} to resume it (got {config.epochs}); nothing was changed."
-        )
-    if done == config.epochs and rundir.read_summary(out) is not None:
-        return None
-    return done
 
 
 def build_training_model(
@@ -186,7 +143,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
                 config = dataclasses.replace(config, out=worker_out)
         rundir.ensure_writable_dir(config.out)
         with rundir.lock(config.out):
-            done = _prepare_run_dir(config)
+            done = prepare_run_dir(config)
             if done is None:
                 return {**(rundir.read_summary(config.out) or {}), "already_complete": True}
             return _train(config, devices, done)

@@ -31,22 +31,11 @@ from keras_densenet.batchnorm import recalibrate_batchnorm
 from keras_densenet.training import TrainConfig, make_strategy
 from keras_densenet.tuning.hypermodel import DenseNetHyperModel
 from keras_densenet.tuning.results import collect_results, plot_results, write_results
+from keras_densenet.tuning.space import search_role
 from keras_densenet.tuning.tuners import PROJECT_NAME, check_search_args, make_tuner
 
 #: What was asked for, in the tuning directory.
 TUNE_CONFIG = "tune_config.json"
-
-
-def _role() -> str:
-    """``"chief"``, ``"worker"`` or ``"standalone"`` from KerasTuner's env vars."""
-    if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return "standalone"
-    for var in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
-        if not os.environ.get(var):
-            raise ValueError(
-                f"KERASTUNER_ORACLE_IP is set, so {var} must be set too (distributed search)."
-            )
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
 #: Search options a resumed search may change (it may run more trials).
@@ -128,7 +117,7 @@ def tune(
             search with other options.
     """
     started = time.perf_counter()
-    role = _role()
+    role = search_role()
     out = os.fspath(out)
     if not out:
         raise ValueError("`out` must name a tuning directory.")

@@ -13,6 +13,7 @@ with KerasTuner's ``HyperParameters`` methods.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -321,6 +322,25 @@ class SearchSpace:
         return space
 
 
+def search_role() -> str:
+    """This process's part in a search, from KerasTuner's environment variables.
+
+    Returns:
+        ``"chief"`` or ``"worker"`` of a distributed search, else ``"standalone"``.
+
+    Raises:
+        ValueError: If ``KERASTUNER_ORACLE_IP`` is set without the port or tuner id.
+    """
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "standalone"
+    for var in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if not os.environ.get(var):
+            raise ValueError(
+                f"KERASTUNER_ORACLE_IP is set, so {var} must be set too (distributed search)."
+            )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
 __all__ = [
     "ARCH_FIELDS",
     "FIXED_ONLY",
@@ -331,4 +351,5 @@ __all__ = [
     "SearchSpace",
     "check_range",
     "check_value",
+    "search_role",
 ]
