@@ -246,10 +246,8 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> dict[str, Any
     given = {k: v for k, v in overrides.items() if v is not None}
     if "blocks" in given and "depth" in given:
         raise ValueError("Pass either `blocks` or `depth`, not both.")
-    if "blocks" in given:
+    if "blocks" in given:  # (a given depth needs no pop: it is read before blocks)
         config.pop("depth", None)
-    if "depth" in given:
-        config.pop("blocks", None)
     config.update(given)
 
     config["growth_rate"] = check_positive_int("growth_rate", config["growth_rate"], MAX_WIDTH)

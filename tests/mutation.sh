@@ -21,7 +21,6 @@ declare -A TESTS=(
   [_io]="tests/test_io.py tests/test_rundir.py"
   [rundir]="tests/test_rundir.py"
   [_validation]="tests/test_validation.py"
-  [presets]="tests/test_architecture.py"
   [architecture]="tests/test_architecture.py"
   [layers]="tests/test_layers.py tests/test_models.py"
   [models]="tests/test_models.py"
@@ -31,7 +30,10 @@ declare -A TESTS=(
   [training/callbacks]="tests/test_training.py tests/test_reliability.py"
   [export/versions]="tests/test_export.py"
 )
-MODULES=(_io _validation rundir presets architecture layers models batchnorm weights
+# presets.py is left out: its table is built when the module is imported, before
+# mutmut switches a mutant on, so no test can see one (its counts are checked
+# against ANCHORS.md in tests/test_architecture.py instead).
+MODULES=(_io _validation rundir architecture layers models batchnorm weights
          training/config training/callbacks export/versions)
 
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${MODULES[@]}"); fi

@@ -168,8 +168,27 @@ def test_resolve_config_defaults_follow_the_stem():
     assert cifar["num_init_features"] == 24 and cifar["num_classes"] == 10
     assert cifar["input_shape"] == (32, 32, 3)
     assert resolve_config(depth=40, bottleneck=False)["blocks"] == (12, 12, 12)
-    # An explicit stem wins over the one depth or blocks imply.
-    assert resolve_config(depth=10, stem="imagenet")["num_init_features"] == 64
+    # An explicit stem wins over the one depth or blocks imply; the ImageNet
+    # stem starts with 64 features whatever the growth rate.
+    assert resolve_config(depth=10, stem="imagenet", growth_rate=12)["num_init_features"] == 64
+    assert resolve_config(blocks=(2, 2), stem="cifar", growth_rate=12)["num_init_features"] == 24
+    # Exactly the architecture's keys, each checked value stored (ints become floats).
+    resolved = resolve_config(depth=10, compression=1, dropout_rate=0)
+    assert sorted(resolved) == [
+        "blocks",
+        "bottleneck",
+        "bottleneck_width",
+        "compression",
+        "depth",
+        "dropout_rate",
+        "growth_rate",
+        "input_shape",
+        "num_classes",
+        "num_init_features",
+        "stem",
+    ]
+    assert type(resolved["compression"]) is float and type(resolved["dropout_rate"]) is float
+    assert sorted(resolve_config(blocks=(1, 1))) == sorted(set(resolved) - {"depth"})
 
 
 def test_resolve_config_merges_presets():
@@ -182,17 +201,25 @@ def test_resolve_config_merges_presets():
     with pytest.raises(ValueError) as err:
         resolve_config("densenet7")
     assert str(err.value).startswith("Unknown `preset` 'densenet7'; known presets: densenet121, ")
-    with pytest.raises(ValueError, match=r"Pass either `blocks` or `depth`, not both\."):
+    with pytest.raises(ValueError, match=r"^Pass either `blocks` or `depth`, not both\.$"):
         resolve_config(blocks=(1, 1), depth=10)
-    with pytest.raises(ValueError, match=r"^Give a `preset`, `blocks`"):
+    with pytest.raises(ValueError) as err:
         resolve_config()
+    assert str(err.value) == (
+        "Give a `preset`, `blocks` (layers per dense block) or `depth` (3-block CIFAR layout); "
+        "known presets: densenet121, densenet161, densenet169, densenet201, densenet264, "
+        "densenet_40_12, densenet_bc_100_12, densenet_bc_190_40, densenet_bc_250_24."
+    )
+    # Explicit blocks replace a depth preset's depth, and a depth a blocks preset's blocks.
+    assert resolve_config("densenet_bc_100_12", blocks=(1, 2, 3))["blocks"] == (1, 2, 3)
+    assert resolve_config("densenet121", depth=40)["blocks"] == (6, 6, 6)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "needle"),
     [
         ({"growth_rate": 0}, ValueError, "`growth_rate`"),
-        ({"growth_rate": 4097}, ValueError, "[1, 4096]"),
+        ({"growth_rate": 4097}, ValueError, "`growth_rate` must be an integer in [1, 4096]"),
         ({"bottleneck_width": 65}, ValueError, "`bottleneck_width` must be an integer in [1, 64]"),
         ({"compression": 0}, ValueError, "`compression`"),
         ({"dropout_rate": 1.0}, ValueError, "`dropout_rate`"),
@@ -209,6 +236,7 @@ def test_resolve_config_merges_presets():
         ({"input_shape": (3, None, 32)}, ValueError, "looks channels-first"),
         ({"input_shape": (3, 3, 3)}, ValueError, "at least 4"),
         ({"input_shape": (32, 3, 3)}, ValueError, "too small for the cifar stem and 3 blocks"),
+        ({"input_shape": (4, 32, 5)}, ValueError, "looks channels-first"),
         ({"blocks": [1] * 17}, ValueError, "at most 16 entries, got 17"),
         ({"blocks": (1, 1001)}, ValueError, "[1, 1000]"),
     ],
@@ -240,8 +268,18 @@ def test_input_shapes_at_the_edges_are_accepted():
         4,
         64,
     )
-    with pytest.raises(ValueError, match="channels-first"):
+    with pytest.raises(ValueError) as err:
         resolve_config(blocks=(1,), stem="cifar", input_shape=(4, 5, 64))
+    assert str(err.value) == (
+        "`input_shape`=(4, 5, 64) looks channels-first (NCHW); keras_densenet models are NHWC: "
+        "pass (height, width, channels)."
+    )
+    # Four channels on a four-pixel-high image is still read as NHWC.
+    assert resolve_config(blocks=(1,), stem="cifar", input_shape=(4, 32, 4))["input_shape"][2] == 4
+    # The minimum size follows the stem: 5 pixels for the ImageNet stem and 2 blocks.
+    with pytest.raises(ValueError, match=r"imagenet stem and 2 blocks: .* at least 5"):
+        resolve_config(blocks=(1, 1), input_shape=(4, 4, 3))
+    assert resolve_config(blocks=(1, 1), input_shape=(5, 5, 3))["input_shape"] == (5, 5, 3)
     with pytest.raises(ValueError, match="at least 32768"):
         resolve_config(blocks=(1,) * 16, stem="cifar", input_shape=(16384, 16384, 3))
 
@@ -266,7 +304,23 @@ def test_model_name_says_what_was_built(preset, kwargs, name):
     assert model_name(resolve_config(preset, **kwargs), preset) == name
 
 
+def test_blocks_are_checked_naming_the_argument():
+    with pytest.raises(ValueError) as err:
+        resolve_config(blocks=[0])
+    assert str(err.value) == (
+        "`blocks` must be a non-empty sequence of integers in [1, 1000], got [0]."
+    )
+    with pytest.raises(TypeError, match=r"^`blocks` must be"):
+        resolve_config(blocks="6,12")
+
+
 def test_model_name_compares_json_lists_with_tuples():
+    # DenseNet-161's paper name would be densenet161_k48: a preset read back
+    # from JSON (lists) must still be recognised as the preset.
+    base = resolve_config("densenet161")
+    assert model_name(base) == "densenet161_k48"
+    assert model_name({**base, "blocks": list(base["blocks"])}, "densenet161") == "densenet161"
+    assert model_name({**base, "growth_rate": 12}, "densenet161") == "densenet161_k12"
     config = resolve_config("densenet_bc_100_12")
     from_json = {**config, "blocks": list(config["blocks"])}
     assert model_name(from_json, "densenet_bc_100_12") == "densenet_bc_100_12"

@@ -26,6 +26,7 @@ def _row(epoch: int) -> str:
 HOLDER = textwrap.dedent(
     """
     import sys, time
+    sys.argv[0] = "keras-densenet"  # as the command does: no Keras import
     from keras_densenet import rundir
     with rundir.lock(sys.argv[1]):
         print("locked", flush=True)
@@ -131,6 +132,7 @@ def test_writable_dir_checks_side_by_side_do_not_disturb_each_other(tmp_path):
     script = textwrap.dedent(
         """
         import sys
+        sys.argv[0] = "keras-densenet"  # as the command does: no Keras import
         from keras_densenet import rundir
         for i in range(200):
             rundir.ensure_writable_dir(sys.argv[1], keep=i % 2 == 0)

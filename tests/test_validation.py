@@ -59,7 +59,7 @@ def test_check_int_bounds_and_messages():
 def test_check_positive_int():
     assert check_positive_int("k", 1) == 1
     assert check_positive_int("k", 7, 7) == 7
-    with pytest.raises(ValueError, match=r"\[1, 7\], got 8"):
+    with pytest.raises(ValueError, match=r"^`k` must be an integer in \[1, 7\], got 8\.$"):
         check_positive_int("k", 8, 7)
     with pytest.raises(ValueError, match=r"\[1, 2147483647\], got 0"):
         check_positive_int("k", 0)
@@ -180,12 +180,11 @@ def test_check_int_sequence():
         check_int_sequence("b", [1, 0])
     with pytest.raises(ValueError, match=r"in \[1, 9\], got \[9, 10\]"):
         check_int_sequence("b", [9, 10], high=9)
-    for bad in ("6,12", b"\x06", 6, None):
-        with pytest.raises(TypeError):
+    wanted = "`b` must be a non-empty sequence of integers in [1, 2147483647], got"
+    for bad in ("6,12", b"\x06", 6, None, [6, "12"], [6, True], [6, 1.0]):
+        with pytest.raises(TypeError) as err:
             check_int_sequence("b", bad)
-    for bad in ([6, "12"], [6, True], [6, 1.0]):
-        with pytest.raises(TypeError):
-            check_int_sequence("b", bad)
+        assert str(err.value) == f"{wanted} {bad!r}."
 
 
 def test_rule_dispatches_to_each_check():
@@ -217,6 +216,24 @@ def test_rule_dispatches_to_each_check():
     assert Rule("int", "h", low=1, high=2, optional=True).check("n", None) is None
     with pytest.raises(TypeError):
         Rule("int", "h", low=1, high=2).check("n", None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [
+        (Rule("int", "h", low=1, high=2), 3),
+        (Rule("float", "h", low=0.0, high=1.0), 2.0),
+        (Rule("bool", "h"), "no"),
+        (Rule("choice", "h", choices=("a",)), "b"),
+        (Rule("ints", "h", high=2), [3]),
+        (Rule("path", "h"), ""),
+        (Rule("str", "h"), ""),
+    ],
+)
+def test_rule_errors_name_the_option(rule, value):
+    with pytest.raises((TypeError, ValueError)) as err:
+        rule.check("learning_rate", value)
+    assert str(err.value).startswith("`learning_rate` must be ")
 
 
 def test_rule_defaults():
