@@ -315,3 +315,220 @@ def test_killed_atomic_write_leaves_the_old_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert proc.returncode == -9
     assert json.loads(path.read_text()) == {"old": True}
+
+
+def test_is_run_dir(tmp_path):
+    assert not rundir.is_run_dir(tmp_path)  # an empty directory
+    assert not rundir.is_run_dir(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    assert not rundir.is_run_dir(tmp_path) and not rundir.is_run_dir(tmp_path / "notes.txt")
+    for name in (rundir.CONFIG, rundir.BEST, rundir.LAST):
+        run = tmp_path / name.replace(".", "_")
+        run.mkdir()
+        (run / name).write_text("{}")
+        assert rundir.is_run_dir(run) and rundir.is_run_dir(str(run))
+    os.mkdir(tmp_path / "odd")
+    os.mkdir(tmp_path / "odd" / rundir.CONFIG)  # a directory by that name is no run file
+    assert not rundir.is_run_dir(tmp_path / "odd")
+
+
+def test_messages_name_the_file_exactly(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as err:
+        rundir.model_file(empty)
+    assert str(err.value) == (
+        f"Directory {str(empty)!r} is not a training run directory: it has none of "
+        "best.keras, last.keras."
+    )
+    (tmp_path / "model.h5").write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        rundir.model_file(tmp_path / "model.h5")
+    h5 = str(tmp_path / "model.h5")
+    assert str(err.value) == f"Expected a Keras `.keras` model file or a run directory, got {h5!r}."
+    with pytest.raises(ValueError) as err:
+        rundir.read_history(tmp_path / "missing.csv")
+    assert str(err.value) == f"Training history not found: {str(tmp_path / 'missing.csv')!r}."
+    for reader, name, label in (
+        (rundir.read_config, rundir.CONFIG, "run config"),
+        (rundir.read_summary, rundir.SUMMARY, "run summary"),
+    ):
+        (tmp_path / name).write_text("{oops")
+        with pytest.raises(ValueError, match=rf"^The {label} "):
+            reader(tmp_path)
+    (tmp_path / rundir.CONFIG).write_text("[1]")
+    with pytest.raises(ValueError) as err:
+        rundir.read_config(tmp_path)
+    assert str(err.value) == (
+        f"The run config {str(tmp_path / rundir.CONFIG)!r} must hold a JSON object of training "
+        "options, got list: it is corrupted; restore it or start a new run."
+    )
+
+
+def test_class_names_are_read_from_the_run_or_beside_the_model(tmp_path):
+    _io.write_json(tmp_path / rundir.SUMMARY, {"class_names": ["cat", "dog"]})
+    assert rundir.class_names(tmp_path) == ["cat", "dog"]
+    assert rundir.class_names(tmp_path / "best.keras") == ["cat", "dog"]
+    for bad in ("cat", ["cat", 1]):
+        _io.write_json(tmp_path / rundir.SUMMARY, {"class_names": bad})
+        with pytest.raises(ValueError) as err:
+            rundir.class_names(tmp_path)
+        assert str(err.value) == (
+            f"`class_names` in {str(tmp_path / rundir.SUMMARY)!r} must be a list of strings."
+        )
+    _io.write_json(tmp_path / rundir.SUMMARY, {"epochs": 1})
+    assert rundir.class_names(tmp_path) is None
+
+
+def test_option_changes_report_only_what_differs():
+    assert rundir.option_changes({"a": 1, "b": 2}, {"a": 1, "b": 3}, set()) == {"b": (2, 3)}
+    assert rundir.option_changes({"a": 1}, {"a": 1}, frozenset()) == {}
+
+
+def test_epochs_done_reads_the_backup_exactly(tmp_path):
+    assert rundir.epochs_done(tmp_path) == 0  # no backup
+    backup = tmp_path / rundir.BACKUP
+    backup.mkdir()
+    metadata = backup / rundir.BACKUP_METADATA
+    metadata.write_text('{"epoch": 0}')
+    assert rundir.epochs_done(tmp_path) == 0  # no weights needed for no epoch
+    for text in ("[1]", '{"epoch": true}', '{"epoch": 1.0}'):
+        metadata.write_text(text)
+        with pytest.raises(ValueError) as err:
+            rundir.epochs_done(tmp_path)
+        assert str(err.value) == (
+            f'The backup metadata {str(metadata)!r} must hold {{"epoch": <epochs done>}}, got '
+            f"{json.loads(text)!r}: it is corrupted; remove the backup/ directory to restart "
+            "the run from scratch."
+        )
+    metadata.write_text("{")
+    with pytest.raises(ValueError, match=r"^The backup metadata "):
+        rundir.epochs_done(tmp_path)
+    metadata.write_text('{"epoch": 1}')
+    with pytest.raises(ValueError) as err:
+        rundir.epochs_done(tmp_path)
+    weights = str(backup / rundir.BACKUP_WEIGHTS)
+    assert str(err.value) == (
+        f"The backup weights file {weights!r} is missing: the run cannot resume from it."
+    )
+
+
+def test_history_cells_and_rewrites_exactly(tmp_path):
+    path = tmp_path / rundir.HISTORY
+    path.write_text("epoch,loss,val_loss\n0,1.5,\n1,1.25,0.75\n")
+    history = rundir.read_history(tmp_path)  # a run directory stands for its history
+    assert history["epoch"] == [0.0, 1.0] and history["loss"] == [1.5, 1.25]
+    assert np.isnan(history["val_loss"][0]) and history["val_loss"][1] == 0.75
+    rundir.trim_history(path, 1)
+    assert path.read_bytes() == b"epoch,loss,val_loss\n0,1.5,\n"
+    path.write_text("loss,epoch\n1.0,0\n")
+    with pytest.raises(ValueError) as err:
+        rundir.read_history(path)
+    assert str(err.value) == (
+        f"The training history {str(path)!r} is not a CSVLogger file (no `epoch` column "
+        "first): it is corrupted; restore it or remove it."
+    )
+    for rows in ("0,x\n", "0,1.0,2.0\n"):  # not a number; a cell too many
+        path.write_text("epoch,loss\n" + rows)
+        with pytest.raises(ValueError) as err:
+            rundir.read_history(path)
+        assert str(err.value).endswith("; remove that line.")
+    path.write_bytes(b"epoch,loss\n0,\xff\n")
+    with pytest.raises(ValueError, match=r"^Cannot read the training history .*utf-8"):
+        rundir.read_history(path)
+
+
+def test_history_is_utf8_whatever_the_locale(tmp_path):
+    path = tmp_path / rundir.HISTORY
+    path.write_bytes("epoch,Ärmel_accuracy\n0,0.5\n".encode())
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rundir.__file__)))
+    env = dict(
+        os.environ,
+        LC_ALL="C",
+        LANG="C",
+        PYTHONUTF8="0",
+        PYTHONCOERCECLOCALE="0",
+        PYTHONPATH=package_root,
+    )
+    code = (
+        "import sys; sys.argv[0] = 'keras-densenet'\n"  # no Keras import
+        f"from keras_densenet import rundir; print(ascii(rundir.read_history({str(path)!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ascii({"epoch": [0.0], "Ärmel_accuracy": [0.5]})
+
+
+def test_writable_dir_messages_and_an_existing_directory(tmp_path):
+    assert rundir.ensure_writable_dir(tmp_path) == str(tmp_path)  # exists already
+    assert rundir.ensure_writable_dir(tmp_path, keep=False) == str(tmp_path)
+    (tmp_path / "file").write_text("x")
+    below = str(tmp_path / "file" / "below")
+    with pytest.raises(ValueError) as err:
+        rundir.ensure_writable_dir(below, "out", keep=False)
+    assert str(err.value) == f"`out` {below!r} is not writable: Not a directory."
+    # /proc exists but takes no files, even for root: the probe must go there.
+    for keep in (True, False):
+        with pytest.raises(ValueError, match=r"^`out` '/proc' is not writable: "):
+            rundir.ensure_writable_dir("/proc", keep=keep)
+    with pytest.raises(ValueError, match=r"^`out` '/proc/kd/x' is not writable: "):
+        rundir.ensure_writable_dir("/proc/kd/x", keep=False)
+
+
+def test_model_files_load_compiled_or_not_and_name_other_failures(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert rundir.load_model(path).compiled
+    assert not rundir.load_model(path, compile=False).compiled
+    # A lambda model loads when allowed, through the early check and Keras alike.
+    lam_inputs = keras.Input((4,))
+    lam = keras.Model(lam_inputs, keras.layers.Lambda(lambda x: x + 1.0)(lam_inputs))
+    lam.save(tmp_path / "lam.keras")
+    assert (
+        float(rundir.load_model(tmp_path / "lam.keras", allow_unsafe=True)(np.zeros((1, 4)))[0, 0])
+        == 1.0
+    )
+    # A good config with broken weights is named as such, not as unsafe code.
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            target.writestr(item, data[:64] if item.filename.endswith(".h5") else data)
+    with pytest.raises(ValueError) as err:
+        rundir.load_model(broken)
+    message = str(err.value)
+    assert (
+        message.startswith(f"Cannot load model {str(broken)!r}: ")
+        and "contains code" not in message
+    )
+    assert message.split(": ")[1] != "NoneType"
+
+
+def test_model_file_checks_spell_their_reasons(tmp_path, monkeypatch):
+    path = tmp_path / "list.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "[]")
+    with pytest.raises(ValueError) as err:
+        rundir.check_model_file(path)
+    assert str(err.value) == (
+        f"{str(path)!r} is not a valid .keras file (ValueError: its config.json is not a JSON "
+        "object): truncated or corrupted."
+    )
+    exact = _archive(tmp_path / "exact.keras", {"config": {}})
+    with zipfile.ZipFile(exact) as archive:
+        monkeypatch.setattr(rundir, "MAX_CONFIG_BYTES", archive.getinfo("config.json").file_size)
+    assert rundir.check_model_file(exact) == str(exact)  # at the cap is still fine
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(exact))
+
+    monkeypatch.setattr(zipfile, "ZipFile", refuse)
+    with pytest.raises(ValueError) as err:
+        rundir.check_model_file(exact)
+    assert str(err.value) == f"Cannot read model file {str(exact)!r}: Permission denied."
