@@ -28,6 +28,23 @@ TINY = {
 }
 
 
+def c_locale_env(module) -> dict:
+    """An environment whose default encoding is ASCII (C locale, no UTF-8 mode).
+
+    ``PYTHONPATH`` points at the package ``module`` came from, so a child
+    process imports this very copy (a mutation run's included).
+    """
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+    return dict(
+        os.environ,
+        LC_ALL="C",
+        LANG="C",
+        PYTHONUTF8="0",
+        PYTHONCOERCECLOCALE="0",
+        PYTHONPATH=package_root,
+    )
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy():
     """Every test starts and ends under the float32 policy."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import c_locale_env
 
 from keras_densenet import _io
 
@@ -42,15 +43,7 @@ def test_read_json_is_utf8_whatever_the_locale(tmp_path):
     path.write_bytes(json.dumps({"class": "Ärmel"}, ensure_ascii=False).encode())
     # Under the C locale without UTF-8 mode Python's default encoding is ASCII.
     # The child imports this very copy of the package (a mutation run's included).
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(_io.__file__)))
-    env = dict(
-        os.environ,
-        LC_ALL="C",
-        LANG="C",
-        PYTHONUTF8="0",
-        PYTHONCOERCECLOCALE="0",
-        PYTHONPATH=package_root,
-    )
+    env = c_locale_env(_io)
     code = f"from keras_densenet import _io; print(ascii(_io.read_json({str(path)!r})))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

@@ -13,6 +13,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+from conftest import c_locale_env
 
 from keras_densenet import _io, rundir
 
@@ -441,15 +442,7 @@ def test_history_cells_and_rewrites_exactly(tmp_path):
 def test_history_is_utf8_whatever_the_locale(tmp_path):
     path = tmp_path / rundir.HISTORY
     path.write_bytes("epoch,Ärmel_accuracy\n0,0.5\n".encode())
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rundir.__file__)))
-    env = dict(
-        os.environ,
-        LC_ALL="C",
-        LANG="C",
-        PYTHONUTF8="0",
-        PYTHONCOERCECLOCALE="0",
-        PYTHONPATH=package_root,
-    )
+    env = c_locale_env(rundir)
     code = (
         "import sys; sys.argv[0] = 'keras-densenet'\n"  # no Keras import
         f"from keras_densenet import rundir; print(ascii(rundir.read_history({str(path)!r})))"

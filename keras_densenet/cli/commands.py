@@ -137,13 +137,11 @@ def _model_path(args: argparse.Namespace, savedmodel: bool = False) -> None:
     ``.keras`` archive and one carrying a lambda without ``--allow-unsafe``.
     """
     from keras_densenet import rundir
-    from keras_densenet.export.versions import list_versions
+    from keras_densenet.export.versions import savedmodel_dir
 
     path = args.model
-    if savedmodel and os.path.isdir(path):
-        exported = os.path.isfile(os.path.join(path, "saved_model.pb")) or list_versions(path)
-        if exported or not rundir.is_run_dir(path):
-            return  # a SavedModel comes first, and the library checks it
+    if savedmodel and os.path.isdir(path) and (savedmodel_dir(path) or not rundir.is_run_dir(path)):
+        return  # a SavedModel comes first, and the library checks it
     if not os.path.exists(path):
         raise UsageError(f"model file or directory not found: {path!r}")
     if savedmodel and not path.endswith(".keras") and os.path.isfile(path):

@@ -46,7 +46,7 @@ _EXPORTS = {
     "predict": "predict",
     "read_export_info": "savedmodel",
     "run_tflite": "tflite",
-    "savedmodel_dir": "savedmodel",
+    "savedmodel_dir": "versions",
     "serving_request_body": "serving",
     "tensorflow_serving_command": "serving",
     "tflite_interpreter": "tflite",

@@ -25,8 +25,8 @@ from keras_densenet.export.savedmodel import (
     METADATA,
     PROBABILITIES,
     SERVING_DEFAULT,
-    savedmodel_dir,
 )
+from keras_densenet.export.versions import savedmodel_dir
 
 
 def _savedmodel_predictor(

@@ -54,6 +54,7 @@ from keras_densenet.export.versions import (
     remove,
     remove_stale_scratch,
     replace_dir,
+    savedmodel_dir,
     scratch_name,
     taken_versions,
 )
@@ -337,20 +338,6 @@ def read_export_info(version_dir: str | os.PathLike) -> dict[str, Any]:
     return _io.read_json(
         os.path.join(os.fspath(version_dir), "assets.extra", EXPORT_INFO_FILE), "export record"
     )
-
-
-def savedmodel_dir(path: str | os.PathLike) -> str | None:
-    """The SavedModel version directory for a version or model directory, else None.
-
-    A model directory stands for its highest complete version.
-    """
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = list_versions(path)
-    if versions:
-        return os.path.join(path, str(versions[-1]))
-    return None
 
 
 __all__ = [

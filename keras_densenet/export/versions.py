@@ -150,6 +150,20 @@ def replace_dir(new: str, target: str, version: int) -> None:
     remove(old)
 
 
+def savedmodel_dir(path: str | os.PathLike) -> str | None:
+    """The SavedModel version directory for a version or model directory, else None.
+
+    A model directory stands for its highest complete version.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = list_versions(path)
+    if versions:
+        return os.path.join(path, str(versions[-1]))
+    return None
+
+
 __all__ = [
     "TEMP_PREFIX",
     "check_version",
@@ -157,6 +171,7 @@ __all__ = [
     "remove",
     "remove_stale_scratch",
     "replace_dir",
+    "savedmodel_dir",
     "scratch_name",
     "taken_versions",
 ]
