@@ -27,8 +27,9 @@ from keras_densenet.training import (
 
 #: A small DenseNet-BC (2 layers per block, k=8) that learns Fashion-MNIST fast.
 SMALL = {"preset": "densenet_bc_100_12", "depth": 16, "growth_rate": 8}
-#: Even smaller, for wiring tests that only need a few steps.
-TINY = {"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4}
+#: Even smaller, for wiring tests that only need a few steps (and two batches of
+#: BatchNorm recalibration instead of 30).
+TINY = {"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4, "bn_recalibrate_steps": 2}
 
 
 def _history(run_dir):
@@ -412,7 +413,7 @@ MIRRORED = textwrap.dedent(
     from keras_densenet.training import train
     summary = train({"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4,
                      "epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
-                     "distribute": "mirrored", "sync_batchnorm": True,
+                     "bn_recalibrate_steps": 2, "distribute": "mirrored", "sync_batchnorm": True,
                      "out": sys.argv[1], "verbose": 0})
     print("RESULT" + json.dumps(summary))
     """
@@ -441,7 +442,8 @@ DATA_PARALLEL = textwrap.dedent(
     from keras_densenet.training import train
     summary = train({"preset": "densenet_bc_100_12", "depth": 10, "growth_rate": 4,
                      "epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
-                     "distribute": "data_parallel", "out": sys.argv[1], "verbose": 0})
+                     "bn_recalibrate_steps": 2, "distribute": "data_parallel",
+                     "out": sys.argv[1], "verbose": 0})
     assert keras.distribution.distribution() is None  # restored after the run
     print("RESULT" + json.dumps(summary))
     """

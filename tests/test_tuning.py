@@ -34,6 +34,7 @@ BASE = {
     "dataset": "fashion_mnist_sample",
     "batch_size": 16,
     "steps_per_epoch": 2,
+    "bn_recalibrate_steps": 2,
     "seed": 0,
     "verbose": 0,
 }
@@ -167,6 +168,7 @@ def test_trials_are_scored_on_recalibrated_batchnorm_statistics():
         "steps_per_epoch": 40,
         "batch_size": 32,
         "bn_momentum": 0.99,
+        "bn_recalibrate_steps": 30,  # the default: the batches a trial is scored after
         "validation_fraction": 0.1,
         # The paper's schedule: one warm-up epoch would leave the weights too
         # close to their start for stale statistics to show.
