@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -43,6 +44,25 @@ def c_locale_env(module) -> dict:
         PYTHONCOERCECLOCALE="0",
         PYTHONPATH=package_root,
     )
+
+
+def run_command(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``keras-densenet ARGS`` in this process, as `main` runs it.
+
+    For tests of what a command does; a test of the process itself (its exit
+    status after a crash, a kill or a lock, its start-up without TensorFlow,
+    what a fresh interpreter loads) starts a real one. ``capsys`` is the test's
+    fixture: stdout and stderr come back as a finished process's would.
+    """
+    from keras_densenet.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["keras-densenet", *args], code, out, err)
 
 
 @pytest.fixture(autouse=True)

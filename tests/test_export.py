@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 
 from keras_densenet import DenseBlock, build_densenet, export
 from keras_densenet.batchnorm import recalibrate_batchnorm
@@ -810,14 +811,15 @@ def test_cli_int8_export_of_an_rgb_run_calibrates_on_its_own_data(
 
 
 def test_int8_from_a_keras_file_outside_a_run_needs_calibration_data(
-    tmp_path: Path, model: keras.Model
+    tmp_path: Path, model: keras.Model, capsys
 ) -> None:
     path = tmp_path / "m.keras"
     model.save(path)
     proc = cli("export", str(path), "--out", str(tmp_path / "out"), "--tflite", "int8")
     assert proc.returncode == 2 and "--calibration-dataset" in proc.stderr
     assert not (tmp_path / "out").exists()  # refused before the SavedModel was written
-    proc = cli(
+    proc = run_command(
+        capsys,
         "export",
         str(path),
         "--out",
@@ -908,7 +910,7 @@ def test_decompression_bombs_are_refused_before_decoding(
 
 
 @pytest.mark.reliability("security")
-def test_lambda_models_need_allow_unsafe_in_every_command(tmp_path: Path) -> None:
+def test_lambda_models_need_allow_unsafe_in_every_command(tmp_path: Path, capsys) -> None:
     inputs = keras.Input((28, 28, 1))
     scaled = keras.layers.Lambda(lambda x: x / 255.0)(inputs)
     pooled = keras.layers.GlobalAveragePooling2D()(scaled)
@@ -921,10 +923,13 @@ def test_lambda_models_need_allow_unsafe_in_every_command(tmp_path: Path) -> Non
         "evaluate": ["evaluate", str(path), "--dataset", "fashion_mnist_sample"],
     }
     for name, args in commands.items():
-        refused = cli(*args)
+        refused = cli(*args)  # a real process: refused before TensorFlow is imported
         assert refused.returncode == 2 and "pass --allow-unsafe" in refused.stderr, name
-        allowed = cli(*args, "--allow-unsafe")
+        allowed = run_command(capsys, *args, "--allow-unsafe")
         assert allowed.returncode == 0, (name, allowed.stderr[-2000:])
+    # Allowing one load allowed no other: Keras' safe mode is still on.
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.saving.load_model(path)
 
 
 def test_onnx_export_runs_in_onnxruntime_with_any_batch(
