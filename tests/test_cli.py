@@ -10,6 +10,7 @@ import textwrap
 import zipfile
 
 import pytest
+from conftest import run_command
 
 
 def run(*args, cwd=None, timeout=600):
@@ -55,7 +56,7 @@ def test_help_lists_subcommands():
         assert flag in train_help, flag
 
 
-def test_summary_reports_macs_within_1_percent_of_torchvision():
+def test_summary_reports_macs_within_1_percent_of_torchvision(capsys):
     proc = run("summary", "--preset", "densenet121", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
@@ -67,7 +68,9 @@ def test_summary_reports_macs_within_1_percent_of_torchvision():
         "conv4",
         "conv5",
     ]
-    table = run("summary", "--preset", "densenet_bc_100_12", "--input-shape", "28,28,1").stdout
+    table = run_command(
+        capsys, "summary", "--preset", "densenet_bc_100_12", "--input-shape", "28,28,1"
+    ).stdout
     assert "GMACs" in table and "FLOPs = 2 x MACs" in table
     # 1-channel stem: 769,162 - 3x3x(3-1)x24 = 768,730 trainable.
     assert "trainable 768,730" in table

@@ -735,12 +735,11 @@ TINY_TRAIN = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Tiny runs on the embedded sample: grayscale float32, RGB, and mixed_float16."""
+    """Tiny runs on the embedded sample: RGB float32, and grayscale mixed_float16."""
     from keras_densenet.training import train
 
     root = tmp_path_factory.mktemp("runs")
     options = {
-        "gray": {},
         "rgb": {"channels": 3},
         "mixed": {"precision": "mixed_float16"},
     }

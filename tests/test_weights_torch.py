@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from conftest import run_command
 
 from keras_densenet import build_densenet
 from keras_densenet.weights import load_torch_weights, read_torch_state_dict
@@ -152,7 +153,7 @@ def test_mismatched_and_broken_checkpoints_change_nothing(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_convert_weights_command(tmp_path):
+def test_convert_weights_command(tmp_path, capsys):
     net = random_torch_densenet("densenet121", seed=5)
     source = tmp_path / "tv.pth"
     torch.save(net.state_dict(), source)
@@ -179,7 +180,14 @@ def test_convert_weights_command(tmp_path):
     np.testing.assert_allclose(
         np.asarray(model(images, training=False)), _logits(net, images), rtol=1e-4, atol=1e-4
     )
-    wrong = cli(str(source), str(tmp_path / "x.weights.h5"), "--preset", "densenet169")
+    wrong = run_command(
+        capsys,
+        "convert-weights",
+        str(source),
+        str(tmp_path / "x.weights.h5"),
+        "--preset",
+        "densenet169",
+    )
     lines = [line for line in wrong.stderr.splitlines() if line.strip()]
     assert wrong.returncode == 2 and len(lines) == 1 and "Architecture mismatch" in lines[0]
     assert not (tmp_path / "x.weights.h5").exists()
