@@ -37,6 +37,10 @@ declare -A TESTS=(
 # keras/src/ops/operation.py). In the scratch copy their __init__ methods are marked
 # `# pragma: no mutate` (mutation_report.py freeze-keras-inits): no mutants there, so
 # no trampoline. (Their argument checks live in _validation and architecture.)
+# With that, layers.py imports and its 327 mutants start, but each test process
+# forked after TensorFlow has run ops hangs until mutmut's timeout (load average 0.2,
+# 6 of the first 10 mutants "timed out"): a timeout would count as a kill, so such
+# a run is not a score. Not solved yet (2026-12-02).
 KERAS_LAYER_MODULES=(layers)
 # presets.py is left out: its table is built when the module is imported, before
 # mutmut switches a mutant on, so no test can see one (its counts are checked
