@@ -38,17 +38,20 @@ def test_dense_layer_bottleneck_structure():
 
 
 @pytest.mark.parametrize(
-    "layer",
+    # Factories: a layer built at collection would run TensorFlow ops before any
+    # test (and in mutmut's fork server, whose forked test processes then hang).
+    "make",
     [
-        DenseLayer(4, bn_momentum=0.5, name="l"),
-        DenseLayer(4, bottleneck=False, bn_momentum=0.5, name="p"),
-        DenseBlock(2, 4, bn_momentum=0.5, name="b"),
-        DenseBlock(2, 4, bn_momentum=0.5, memory_efficient=True, name="e"),
-        TransitionLayer(0.5, bn_momentum=0.5, name="t"),
+        lambda: DenseLayer(4, bn_momentum=0.5, name="l"),
+        lambda: DenseLayer(4, bottleneck=False, bn_momentum=0.5, name="p"),
+        lambda: DenseBlock(2, 4, bn_momentum=0.5, name="b"),
+        lambda: DenseBlock(2, 4, bn_momentum=0.5, memory_efficient=True, name="e"),
+        lambda: TransitionLayer(0.5, bn_momentum=0.5, name="t"),
     ],
     ids=["layer", "plain_layer", "block", "efficient_block", "transition"],
 )
-def test_bn_momentum_reaches_every_batchnorm_and_the_moving_averages(layer):
+def test_bn_momentum_reaches_every_batchnorm_and_the_moving_averages(make):
+    layer = make()
     layer.build(X.shape)
     bns = [s for s in layer._flatten_layers() if isinstance(s, keras.layers.BatchNormalization)]
     assert bns and all(bn.momentum == 0.5 for bn in bns)
@@ -201,15 +204,16 @@ def test_layers_refuse_non_4d_input():
 
 
 @pytest.mark.parametrize(
-    "layer",
+    "make",
     [
-        DenseLayer(12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"),
-        DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
-        TransitionLayer(0.7, dropout_rate=0.2, name="c"),
+        lambda: DenseLayer(12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"),
+        lambda: DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
+        lambda: TransitionLayer(0.7, dropout_rate=0.2, name="c"),
     ],
     ids=["dense_layer", "dense_block", "transition"],
 )
-def test_config_round_trip(layer):
+def test_config_round_trip(make):
+    layer = make()
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert json.dumps(clone.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
