@@ -206,7 +206,9 @@ def test_layers_refuse_non_4d_input():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: DenseLayer(12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"),
+        lambda: DenseLayer(
+            12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"
+        ),
         lambda: DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
         lambda: TransitionLayer(0.7, dropout_rate=0.2, name="c"),
     ],
