@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -92,15 +93,29 @@ def test_dense_layer_bottleneck_width():
     assert _sublayers(layer)["d_1_conv"].kernel.shape == (1, 1, 16, 16)
 
 
-def test_dense_layer_accepts_list_of_features():
-    layer = DenseLayer(5)
-    a, b = X[..., :10], X[..., 10:]
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(layer([a, b])),
-        keras.ops.convert_to_numpy(layer(X)),
-        rtol=1e-6,
-    )
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"bottleneck": False}, {"memory_efficient": True}],
+    ids=["bottleneck", "plain", "memory_efficient"],
+)
+def test_dense_layer_accepts_list_of_features(options):
+    # Batch statistics far from the initial moving ones (mean 0, variance 1), so
+    # an inference call that used batch statistics would show.
+    x = 2.0 * X + 1.0
+    reference = DenseLayer(5, bottleneck=options.get("bottleneck", True), name="r")
+    expected = keras.ops.convert_to_numpy(reference(x, training=False))
+    layer = DenseLayer(5, **options, name="d")
+    layer.build([(2, 8, 8, 10), (2, 8, 8, 6)])
+    layer.set_weights(reference.get_weights())
+    moving = [w.numpy().copy() for w in layer.non_trainable_weights]
+    for inputs in ([x[..., :10], x[..., 10:]], x):  # a list is concatenated on channels
+        out = keras.ops.convert_to_numpy(layer(inputs, training=False))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    for before, w in zip(moving, layer.non_trainable_weights, strict=True):
+        np.testing.assert_array_equal(w.numpy(), before, err_msg=w.path)  # inference
     assert layer.compute_output_shape([(None, 8, 8, 10), (None, 8, 8, 6)]) == (None, 8, 8, 5)
+    assert layer.compute_output_shape([(None, 8, 8, 10)]) == (None, 8, 8, 5)
+    assert layer.compute_output_shape((None, 8, 8, 16)) == (None, 8, 8, 5)
 
 
 def test_dense_layer_dropout_only_in_training():
@@ -146,13 +161,16 @@ def test_dense_block_input_channels_per_layer():
         (10, 0.35, 3),
         (7, 0.5, 3),
         (9, 0.7, 6),
+        (2, 0.5, 1),  # one channel is enough
     ],
 )
 def test_transition_layer_compression_and_pool(channels, compression, expected):
     layer = TransitionLayer(compression, name="pool2")
     x = np.ones((1, 9, 9, channels), "float32")
     assert layer(x).shape == (1, 4, 4, expected)
+    assert layer.conv.kernel.shape == (1, 1, channels, expected)
     assert layer.compute_output_shape((None, 9, 9, channels)) == (None, 4, 4, expected)
+    assert layer.compute_output_shape((4, None, None, channels)) == (4, None, None, expected)
     assert layer.conv.use_bias is False
     assert layer.conv.name == "pool2_conv"
 
@@ -204,20 +222,46 @@ def test_layers_refuse_non_4d_input():
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "expected"),
     [
-        lambda: DenseLayer(
-            12, bottleneck=False, dropout_rate=0.1, kernel_regularizer="l2", name="a"
+        (
+            lambda: DenseLayer(
+                12,
+                bottleneck=False,
+                dropout_rate=0.1,
+                bn_epsilon=1e-3,
+                kernel_initializer="glorot_normal",
+                kernel_regularizer="l2",
+                name="a",
+            ),
+            {"growth_rate": 12, "bottleneck": False, "dropout_rate": 0.1, "bn_epsilon": 1e-3},
         ),
-        lambda: DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
-        lambda: TransitionLayer(0.7, dropout_rate=0.2, name="c"),
+        (
+            lambda: DenseBlock(3, 6, bottleneck_width=2, memory_efficient=True, name="b"),
+            {"num_layers": 3, "growth_rate": 6, "bottleneck_width": 2, "memory_efficient": True},
+        ),
+        (
+            lambda: TransitionLayer(0.7, dropout_rate=0.2, bn_momentum=0.5, name="c"),
+            {"compression": 0.7, "dropout_rate": 0.2, "bn_momentum": 0.5},
+        ),
+        (lambda: DenseLayer(4, folded=True, name="f"), {"folded": True}),
+        (lambda: DenseBlock(2, 4, folded=True, name="g"), {"folded": True}),
     ],
-    ids=["dense_layer", "dense_block", "transition"],
+    ids=["dense_layer", "dense_block", "transition", "folded_layer", "folded_block"],
 )
-def test_config_round_trip(make):
+def test_config_round_trip(make, expected):
     layer = make()
     config = layer.get_config()
+    assert {key: config[key] for key in expected} == expected
     clone = type(layer).from_config(config)
+    for key, value in expected.items():
+        assert getattr(clone, key) == value, key
+    for attr in ("dropout_rate", "bn_momentum", "bn_epsilon"):
+        assert getattr(clone, attr) == getattr(layer, attr), attr
+    for attr in ("kernel_initializer", "kernel_regularizer"):
+        mine, theirs = getattr(layer, attr), getattr(clone, attr)
+        assert type(theirs) is type(mine), attr
+        assert mine is None or theirs.get_config() == mine.get_config(), attr
     assert json.dumps(clone.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
     serialized = keras.saving.serialize_keras_object(layer)
     assert serialized["registered_name"].startswith("keras_densenet>")
@@ -233,6 +277,60 @@ def test_layers_in_a_model_reload_safe_mode(tmp_path):
     model = keras.Model(inputs, x)
     reloaded = assert_saved_model_round_trip(model, str(tmp_path / "m.keras"), X)
     assert isinstance(reloaded.get_layer("b1"), DenseBlock)
+
+
+@pytest.mark.parametrize(
+    ("what", "check"),
+    [
+        ("DenseLayer", lambda shape: DenseLayer(4).build(shape)),
+        ("DenseLayer", lambda shape: DenseLayer(4).compute_output_shape([shape])),
+        ("DenseBlock", lambda shape: DenseBlock(2, 4).build(shape)),
+        ("DenseBlock", lambda shape: DenseBlock(2, 4).compute_output_shape(shape)),
+        ("TransitionLayer", lambda shape: TransitionLayer(0.5).build(shape)),
+        ("TransitionLayer", lambda shape: TransitionLayer(0.5).compute_output_shape(shape)),
+    ],
+)
+def test_inputs_without_known_channels_are_refused_naming_the_layer(what, check):
+    message = f"{what} needs a known number of channels, got (None, 8, 8, None)."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check((None, 8, 8, None))
+    with pytest.raises(ValueError, match=re.escape(f"{what} expects a 4D NHWC input")):
+        check((None, 8, 16))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: DenseLayer(4, **kw),
+        lambda **kw: DenseLayer(4, bottleneck=False, **kw),
+        lambda **kw: DenseBlock(2, 4, **kw),
+        lambda **kw: TransitionLayer(0.5, **kw),
+    ],
+    ids=["layer", "plain_layer", "block", "transition"],
+)
+def test_sublayers_get_the_layers_initializer_regularizer_and_dtype_policy(make):
+    # An explicit policy that differs from the global float32 one.
+    layer = make(
+        kernel_initializer="glorot_normal",
+        kernel_regularizer=keras.regularizers.L2(0.25),
+        dtype="mixed_bfloat16",
+    )
+    layer.build(X.shape)
+    subs = list(layer._flatten_layers(include_self=False))
+    convs = [s for s in subs if isinstance(s, keras.layers.Conv2D)]
+    bns = [s for s in subs if isinstance(s, keras.layers.BatchNormalization)]
+    assert convs and bns
+    for conv in convs:
+        assert isinstance(conv.kernel_initializer, keras.initializers.GlorotNormal), conv.name
+        assert conv.kernel_regularizer.get_config() == {"l2": 0.25}, conv.name
+        assert conv.padding == "same"
+    # One initializer instance per convolution (a shared unseeded one repeats values).
+    assert len({id(conv.kernel_initializer) for conv in convs}) == len(convs)
+    for sub in convs + bns:
+        assert sub.dtype_policy.name == "mixed_bfloat16", sub.name
+    out = layer(X)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert len(layer.losses) == len(convs)  # one L2 penalty per kernel
 
 
 def test_layers_compute_in_policy_dtype():
