@@ -37,10 +37,12 @@ declare -A TESTS=(
 # keras/src/ops/operation.py). In the scratch copy their __init__ methods are marked
 # `# pragma: no mutate` (mutation_report.py freeze-keras-inits): no mutants there, so
 # no trampoline. (Their argument checks live in _validation and architecture.)
-# With that, layers.py imports and its 327 mutants start, but each test process
-# forked after TensorFlow has run ops hangs until mutmut's timeout (load average 0.2,
-# 6 of the first 10 mutants "timed out"): a timeout would count as a kill, so such
-# a run is not a score. Not solved yet (2026-12-02).
+# The mutant processes are forked from mutmut's fork server after it has collected
+# the tests, and a process forked after TensorFlow has run an op hangs in its first
+# op (the parent's thread pools are not in the child). So collecting a mapped test
+# file must run no TensorFlow op: build layers and models inside the tests, never in
+# a parametrize list or at module level. (`python -c` with pytest --collect-only and
+# a count of /proc/self/task before and after shows it: 3 threads is clean, 8 is not.)
 KERAS_LAYER_MODULES=(layers)
 # presets.py is left out: its table is built when the module is imported, before
 # mutmut switches a mutant on, so no test can see one (its counts are checked
