@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY, assert_saved_model_round_trip
 
 from keras_densenet import PRESETS, build_densenet, densenet121, densenet_bc_100_12
-from keras_densenet.layers import DenseBlock, TransitionLayer
+from keras_densenet.layers import DenseBlock, DenseLayer, TransitionLayer
 from keras_densenet.models import blocks_from_depth, min_input_size
 
 
@@ -45,6 +45,72 @@ def test_preset_counts_match_keras_applications():
     ours_names = {s.name for s in ours._flatten_layers(include_self=False) if s.weights}
     ref_names = {s.name for s in reference.layers if s.weights}
     assert ref_names <= ours_names
+
+
+#: The ImageNet stem, layer by layer: keras.applications' layout with its names
+#: (its two paddings are unnamed there) and the settings that decide the output.
+IMAGENET_STEM = [
+    ("ZeroPadding2D", "conv1_pad", {"padding": ((3, 3), (3, 3))}),
+    (
+        "Conv2D",
+        "conv1_conv",
+        {"filters": 64, "kernel_size": (7, 7), "strides": (2, 2), "padding": "valid"},
+    ),
+    ("BatchNormalization", "conv1_bn", {"epsilon": 1.001e-5, "momentum": 0.9}),
+    ("Activation", "conv1_relu", {"activation": "relu"}),
+    ("ZeroPadding2D", "pool1_pad", {"padding": ((1, 1), (1, 1))}),
+    ("MaxPooling2D", "pool1", {"pool_size": (3, 3), "strides": (2, 2), "padding": "valid"}),
+]
+
+
+def test_imagenet_stem_is_keras_applications_layer_by_layer():
+    model, reference_model = densenet121(), keras.applications.DenseNet121(weights=None)
+    # The top, as keras.applications names it.
+    top = [(type(layer).__name__, layer.name) for layer in model.layers[-4:]]
+    assert top == [(type(layer).__name__, layer.name) for layer in reference_model.layers[-4:]]
+    ours, reference = model.layers[1:7], reference_model.layers[1:7]
+    for (kind, name, settings), mine, theirs in zip(IMAGENET_STEM, ours, reference, strict=True):
+        assert (type(mine).__name__, mine.name) == (kind, name)
+        assert type(theirs).__name__ == kind
+        for key, value in settings.items():
+            assert mine.get_config()[key] == value, (name, key)
+            if key != "momentum":  # ours trains with 0.9 (the training-trust issue)
+                assert theirs.get_config()[key] == value, (name, key)
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_model_wide_settings_reach_every_layer(stem):
+    model = build_densenet(
+        blocks=(2, 2),
+        growth_rate=4,
+        num_init_features=8,
+        bottleneck=True,
+        stem=stem,
+        input_shape=(32, 32, 3),
+        num_classes=3,
+        dropout_rate=0.2,
+        bn_momentum=0.5,
+        bn_epsilon=1e-3,
+        kernel_regularizer=keras.regularizers.L2(0.25),
+    )
+    leaves = list(model._flatten_layers(include_self=False))
+    convs = [leaf for leaf in leaves if isinstance(leaf, keras.layers.Conv2D)]
+    bns = [leaf for leaf in leaves if isinstance(leaf, keras.layers.BatchNormalization)]
+    # Stem, two 1x1 + 3x3 per dense layer, one transition.
+    assert len(convs) == 1 + 2 * 4 + 1
+    for conv in convs:
+        assert conv.kernel_regularizer.get_config() == {"l2": 0.25}, conv.name
+    assert len(model.losses) == len(convs)
+    # Two per dense layer, the transition's, the final one and the ImageNet stem's.
+    assert len(bns) == 2 * 4 + 1 + 1 + (stem == "imagenet")
+    for bn in bns:
+        assert (bn.epsilon, bn.momentum) == (1e-3, 0.5), bn.name
+    transitions = [leaf for leaf in leaves if isinstance(leaf, TransitionLayer)]
+    assert len(transitions) == 1 and transitions[0].dropout.rate == 0.2
+    dense_layers = [leaf for leaf in leaves if isinstance(leaf, DenseLayer)]
+    assert len(dense_layers) == 4
+    for layer in dense_layers:
+        assert layer.dropout1.rate == layer.dropout2.rate == 0.2, layer.name
 
 
 def test_growth_rate_12_on_densenet121_layout():
@@ -108,17 +174,20 @@ def test_blocks_from_depth():
 
 
 @pytest.mark.parametrize(
-    ("include_top", "pooling", "shape"),
+    ("include_top", "pooling", "shape", "last"),
+    # keras.applications' names for the last layers.
     [
-        (True, None, (None, 10)),
-        (False, None, (None, 14, 14, 16)),
-        (False, "avg", (None, 16)),
-        (False, "max", (None, 16)),
+        (True, None, (None, 10), ["bn", "relu", "avg_pool", "predictions"]),
+        (False, None, (None, 14, 14, 16), ["bn", "relu"]),
+        (False, "avg", (None, 16), ["bn", "relu", "avg_pool"]),
+        (False, "max", (None, 16), ["bn", "relu", "max_pool"]),
     ],
 )
-def test_include_top_and_pooling(include_top, pooling, shape):
+def test_include_top_and_pooling(include_top, pooling, shape, last):
     model = build_densenet(**TINY, include_top=include_top, pooling=pooling)
     assert model.output_shape == shape
+    assert [layer.name for layer in model.layers[-len(last) :]] == last
+    assert model.get_layer("relu").get_config()["activation"] == "relu"
 
 
 def test_classifier_activation_and_float32_output_under_mixed_precision():
