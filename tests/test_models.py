@@ -222,6 +222,20 @@ def test_in_model_normalization():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized(x)), 1.0, rtol=1e-5)
 
 
+def test_imagenet_normalization_is_keras_applications_preprocessing():
+    model = build_densenet(
+        blocks=(2, 2), growth_rate=4, input_shape=(16, 16, 3), normalization="imagenet"
+    )
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    normalized = keras.Model(model.input, model.get_layer("normalization").output)
+    expected = keras.applications.densenet.preprocess_input(pixels.copy())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normalized(pixels)), expected, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="'imagenet', got 'IMAGENET'"):
+        build_densenet(blocks=(2, 2), input_shape=(16, 16, 3), normalization="IMAGENET")
+
+
 @pytest.mark.reliability("bad_input")
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
