@@ -9,7 +9,12 @@ from conftest import TINY, assert_saved_model_round_trip
 
 from keras_densenet import PRESETS, build_densenet, densenet121, densenet_bc_100_12
 from keras_densenet.layers import DenseBlock, DenseLayer, TransitionLayer
-from keras_densenet.models import blocks_from_depth, min_input_size
+from keras_densenet.models import (
+    _check_weights,
+    blocks_from_depth,
+    is_torch_weights,
+    min_input_size,
+)
 
 
 def _trainable(model):
@@ -220,6 +225,26 @@ def test_in_model_normalization():
     x = np.full((1, 28, 28, 1), 150.0, "float32")
     normalized = keras.Model(model.input, model.get_layer("normalization").output)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized(x)), 1.0, rtol=1e-5)
+
+
+def test_weights_files_are_checked_by_kind_before_loading(tmp_path):
+    for name in ("w.weights.h5", "legacy.h5", "w.pth", "w.pt", "w.bin", "w.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        _check_weights(str(path))  # accepted (loading is test_weights' business)
+        _check_weights(path)
+        assert is_torch_weights(path) is (not name.endswith(".h5")), name
+    assert is_torch_weights(None) is False and is_torch_weights(7) is False
+    (tmp_path / "w.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\.pth, \.pt, \.bin, \.safetensors\), got '.*w\.txt'"):
+        _check_weights(str(tmp_path / "w.txt"))
+    with pytest.raises(
+        TypeError, match="`weights` must be None or a path to a weights file, got 7"
+    ):
+        _check_weights(7)
+    with pytest.raises(ValueError, match=r"`weights` file not found: '.*missing\.pth'"):
+        _check_weights(str(tmp_path / "missing.pth"))
+    _check_weights(None)
 
 
 def test_imagenet_normalization_is_keras_applications_preprocessing():
