@@ -290,6 +290,22 @@ def test_imagenet_normalization_is_keras_applications_preprocessing():
         ({"blocks": (2, 2), "normalization": ([1.0, 2.0], [1.0])}, ValueError, "normalization"),
         ({"blocks": (2, 2), "bn_momentum": 1.5}, ValueError, "bn_momentum"),
         ({"blocks": (2, 2), "bn_momentum": None}, TypeError, "bn_momentum"),
+        ({"blocks": (2, 2), "include_top": 1}, TypeError, "`include_top` must be a bool, got 1"),
+        (
+            {"blocks": (2, 2), "include_top": False, "feature_outputs": "yes"},
+            TypeError,
+            "`feature_outputs` must be True or False, got 'yes'",
+        ),
+        (
+            {"blocks": (2, 2), "feature_outputs": True},
+            ValueError,
+            "include_top=True, pooling=None",
+        ),
+        (
+            {"blocks": (2, 2), "classifier_activation": "nope"},
+            ValueError,
+            "Keras activation name, callable or None, got 'nope'",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_building(kwargs, error, match, monkeypatch):
