@@ -118,6 +118,14 @@ def test_model_wide_settings_reach_every_layer(stem):
         assert layer.dropout1.rate == layer.dropout2.rate == 0.2, layer.name
 
 
+def test_defaults_build_the_plain_trainable_model():
+    model = build_densenet(**TINY)
+    blocks = [layer for layer in model.layers if isinstance(layer, DenseBlock)]
+    assert blocks and not any(block.memory_efficient for block in blocks)
+    assert not any(block.folded for block in blocks)
+    assert model.output_shape == (None, 10)  # not the feature pyramid
+
+
 def test_growth_rate_12_on_densenet121_layout():
     model = build_densenet("densenet121", growth_rate=12, include_top=False)
     assert model.output_shape == (None, 7, 7, 389)
@@ -282,7 +290,7 @@ def test_imagenet_normalization_is_keras_applications_preprocessing():
         ({"blocks": (2, 2), "dropout_rate": 1.0}, ValueError, r"dropout_rate.*\[0, 1\)"),
         ({"blocks": (2, 2), "dropout_rate": -0.2}, ValueError, "dropout_rate"),
         ({"blocks": (2, 2), "pooling": "mean", "include_top": False}, ValueError, "pooling"),
-        ({"blocks": (2, 2), "num_classes": 0}, ValueError, "num_classes"),
+        ({"blocks": (2, 2), "num_classes": 0}, ValueError, "^`num_classes` must be"),
         ({"blocks": (2, 2), "weights": "/no/such/file.h5"}, ValueError, "weights.*not found"),
         ({"blocks": (2, 2), "stem": "resnet"}, ValueError, "stem"),
         ({"blocks": (2, 2), "classifier_activation": "nope"}, ValueError, "classifier_activation"),
@@ -299,7 +307,13 @@ def test_imagenet_normalization_is_keras_applications_preprocessing():
         (
             {"blocks": (2, 2), "feature_outputs": True},
             ValueError,
-            "include_top=True, pooling=None",
+            r"^`feature_outputs=True` returns the dense blocks' feature maps: it needs "
+            r"`include_top=False` and `pooling=None`, got include_top=True, pooling=None\.$",
+        ),
+        (
+            {"blocks": (2, 2), "num_classes": 1_000_001},
+            ValueError,
+            r"^`num_classes` must be an integer in \[1, 1000000\], got 1000001",
         ),
         (
             {"blocks": (2, 2), "classifier_activation": "nope"},
