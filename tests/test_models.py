@@ -124,6 +124,15 @@ def test_defaults_build_the_plain_trainable_model():
     assert blocks and not any(block.memory_efficient for block in blocks)
     assert not any(block.folded for block in blocks)
     assert model.output_shape == (None, 10)  # not the feature pyramid
+    assert model.layers[0].name == "image"  # a stable input name, not Keras' numbered default
+
+
+def test_bottleneck_width_sets_the_1x1_convolutions():
+    model = build_densenet(**{**TINY, "bottleneck": True}, bottleneck_width=2)
+    block = model.get_layer("conv2")
+    widths = [layer.conv1.kernel.shape[-1] for layer in block.dense_layers]
+    assert widths == [2 * TINY["growth_rate"]] * 2
+    assert block.bottleneck_width == 2
 
 
 def test_growth_rate_12_on_densenet121_layout():
