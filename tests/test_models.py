@@ -125,6 +125,10 @@ def test_defaults_build_the_plain_trainable_model():
     assert not any(block.folded for block in blocks)
     assert model.output_shape == (None, 10)  # not the feature pyramid
     assert model.layers[0].name == "image"  # a stable input name, not Keras' numbered default
+    efficient = build_densenet(**TINY, memory_efficient=True)
+    assert all(
+        block.memory_efficient for block in efficient.layers if isinstance(block, DenseBlock)
+    )
 
 
 def test_bottleneck_width_sets_the_1x1_convolutions():
