@@ -3,6 +3,9 @@
 #
 #   bash tests/mutation.sh                 # every module in MODULES below
 #   bash tests/mutation.sh _io rundir      # some of them
+#   SURVIVORS_ONLY=1 bash tests/mutation.sh models
+#                                          # only the survivors of the last record, after
+#                                          # adding tests; the other outcomes stand
 #
 # Each module's mutants run against that module's own tests (the table below), in a
 # scratch copy of the working tree, so the checkout and its setup.cfg are never
@@ -84,14 +87,22 @@ for m in "${selected[@]}"; do
     for t in ${TESTS[$m]}; do echo "    $t"; done
     echo "process_isolation = forkserver"
   } >>"$work/setup.cfg"
-  echo "mutation.sh: keras_densenet/$m.py against ${TESTS[$m]}" >&2
+  names=()
+  if [ -n "${SURVIVORS_ONLY:-}" ]; then
+    mapfile -t names < <("$PY" tests/mutation_report.py survivors "$m")
+    if [ ${#names[@]} -eq 0 ]; then
+      echo "mutation.sh: $m has no survivors to rerun" >&2
+      rm -rf "$work"; trap - EXIT; continue
+    fi
+  fi
+  echo "mutation.sh: keras_densenet/$m.py against ${TESTS[$m]}${names:+ (${#names[@]} survivors)}" >&2
   start=$(date +%s)
-  (cd "$work" && TF_CPP_MIN_LOG_LEVEL=2 nice -n 10 "${isolate[@]}" "$PY" -m mutmut run --max-children 2 >mutmut.log 2>&1) || {
+  (cd "$work" && TF_CPP_MIN_LOG_LEVEL=2 nice -n 10 "${isolate[@]}" "$PY" -m mutmut run --max-children 2 "${names[@]}" >mutmut.log 2>&1) || {
     tail -30 "$work/mutmut.log" >&2
     echo "mutation.sh: mutmut failed on $m (log above)" >&2
     exit 1
   }
-  "$PY" tests/mutation_report.py record "$m" "$work" "$(( $(date +%s) - start ))" "${TESTS[$m]}"
+  "$PY" tests/mutation_report.py record ${names:+--merge} "$m" "$work" "$(( $(date +%s) - start ))" "${TESTS[$m]}"
   rm -rf "$work"
   trap - EXIT
 done

@@ -65,17 +65,53 @@ def _changed_lines(diff: str) -> list[str]:
     ]
 
 
-def record(module: str, workdir: str, seconds: str, tests: str) -> None:
+def _record_path(module: str) -> Path:
+    return RECORDS / (module.replace("/", ".") + ".json")
+
+
+def survivors(module: str) -> list[str]:
+    """The mutants of MODULE's last record that survived and are not judged equivalent."""
+    path = _record_path(module)
+    if not path.exists():
+        sys.exit(f"mutation_report: no record {path}; run `bash tests/mutation.sh {module}` first")
+    equivalent = equivalent_mutants()
+    outcomes = json.loads(path.read_text())["outcomes"]
+    return sorted(n for n, o in outcomes.items() if o not in KILLED and n not in equivalent)
+
+
+def record(module: str, workdir: str, seconds: str, tests: str, merge: bool = False) -> None:
+    """Writes MODULE's record from mutmut's results in WORKDIR.
+
+    With ``merge``, WORKDIR's run covered only the previous record's survivors
+    (``SURVIVORS_ONLY=1 bash tests/mutation.sh MODULE``, after tests were added):
+    their new outcomes replace the old ones, every other outcome stands.
+    """
     outcomes = parse_results(_mutmut(workdir, "results", "--all", "true"))
     if not outcomes:
         sys.exit(f"mutation_report: no mutants in {workdir}; did mutmut run?")
+    reruns = []
+    if merge:
+        old = json.loads(_record_path(module).read_text())
+        rerun = {n: o for n, o in outcomes.items() if o != "not checked"}
+        if set(outcomes) != set(old["outcomes"]):
+            sys.exit(f"mutation_report: {module}'s mutants changed since its record; run it whole")
+        reruns = [
+            *old.get("reruns", []),
+            {
+                "date": datetime.date.today().isoformat(),
+                "mutants": len(rerun),
+                "seconds": int(seconds),
+            },
+        ]
+        outcomes = {**old["outcomes"], **rerun}
+        seconds = str(old["seconds"] + int(seconds))
     diffs = {
         name: _changed_lines(_mutmut(workdir, "show", name))
         for name, outcome in outcomes.items()
         if outcome not in KILLED
     }
     RECORDS.mkdir(exist_ok=True)
-    path = RECORDS / (module.replace("/", ".") + ".json")
+    path = _record_path(module)
     payload = {
         "module": f"keras_densenet/{module}.py",
         "tests": tests.split(),
@@ -84,6 +120,8 @@ def record(module: str, workdir: str, seconds: str, tests: str) -> None:
         "outcomes": outcomes,
         "survivor_diffs": diffs,
     }
+    if reruns:
+        payload["reruns"] = reruns
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
@@ -150,7 +188,8 @@ def render() -> None:
         rows.append(
             f"| `{data['module']}` | {len(outcomes)} | {killed} | {len(equiv)} | "
             f"{len(live)} | **{score:.0f}%** | {' '.join(data['tests'])} | "
-            f"{data['seconds'] // 60} min | {data['date']} |"
+            f"{data['seconds'] // 60} min | {data['date']}"
+            f"{' (survivors rerun)' if data.get('reruns') else ''} |"
         )
         for n in sorted(live):
             survivors.append(f"- `{n}` ({outcomes[n]})")
@@ -185,12 +224,17 @@ def render() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["record"] and len(sys.argv) == 6:
         record(*sys.argv[2:])
+    elif sys.argv[1:3] == ["record", "--merge"] and len(sys.argv) == 7:
+        record(*sys.argv[3:], merge=True)
+    elif sys.argv[1:2] == ["survivors"] and len(sys.argv) == 3:
+        print("\n".join(survivors(sys.argv[2])))
     elif sys.argv[1:] == ["render"]:
         render()
     elif sys.argv[1:2] == ["freeze-keras-inits"] and len(sys.argv) == 3:
         print(f"mutation_report: {freeze_keras_inits(sys.argv[2])} __init__ lines not mutated")
     else:
         sys.exit(
-            "usage: mutation_report.py record MODULE RESULTS SECONDS TESTS | render"
+            "usage: mutation_report.py record [--merge] MODULE RESULTS SECONDS TESTS | render"
+            " | survivors MODULE"
             " | freeze-keras-inits FILE"
         )
