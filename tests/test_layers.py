@@ -216,11 +216,6 @@ def test_wrong_argument_types(factory, match):
         factory()
 
 
-def test_layers_refuse_non_4d_input():
-    with pytest.raises(ValueError, match="4D NHWC"):
-        DenseBlock(2, 4).build((None, 8, 16))
-
-
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
