@@ -28,9 +28,10 @@ declare -A TESTS=(
   [layers]="tests/test_layers.py"
   [models]="tests/test_models.py"
   [batchnorm]="tests/test_batchnorm.py"
-  [weights]="tests/test_weights.py"
-  [training/config]="tests/test_training.py"
-  [training/callbacks]="tests/test_training.py tests/test_reliability.py"
+  [weights]="tests/test_weights.py tests/test_weights_torch.py"
+  [training/config]="tests/test_config.py"
+  [training/callbacks]="tests/test_callbacks.py"
+  [training/resume]="tests/test_resume.py"
   [export/versions]="tests/test_export.py"
 )
 # Modules that define Keras layers: mutmut 3.8.1 wraps every mutated method with
@@ -51,7 +52,7 @@ KERAS_LAYER_MODULES=(layers)
 # mutmut switches a mutant on, so no test can see one (its counts are checked
 # against ANCHORS.md in tests/test_architecture.py instead).
 MODULES=(_io _validation rundir architecture layers models batchnorm weights
-         training/config training/callbacks export/versions)
+         training/config training/callbacks training/resume export/versions)
 
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${MODULES[@]}"); fi
 for m in "${selected[@]}"; do
