@@ -32,7 +32,7 @@ declare -A TESTS=(
   [training/config]="tests/test_config.py"
   [training/callbacks]="tests/test_callbacks.py"
   [training/resume]="tests/test_resume.py"
-  [export/versions]="tests/test_export.py"
+  [export/versions]="tests/test_versions.py"
 )
 # Modules that define Keras layers: mutmut 3.8.1 wraps every mutated method with
 # functools.wraps, and Keras' Operation.__new__ reads

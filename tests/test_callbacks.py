@@ -188,17 +188,20 @@ def test_checkpoint_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(reloaded.layers[-1].kernel.numpy(), 0.0)
 
 
-def test_best_checkpoint_follows_keras_and_the_resumed_threshold(tmp_path):
+def test_best_checkpoint_follows_keras_and_the_resumed_threshold(tmp_path, capsys):
     model = _model()
     path = tmp_path / "best.keras"
     callback = AtomicModelCheckpoint(
-        path, monitor="val_loss", save_best_only=True, initial_value_threshold=0.5
+        path, monitor="val_loss", save_best_only=True, initial_value_threshold=0.5, verbose=1
     )
     callback.set_model(model)
     callback.on_epoch_end(0, {"loss": 0.1, "val_loss": 0.6})  # worse than the earlier run's best
     assert not path.exists()
     callback.on_epoch_end(1, {"loss": 0.1, "val_loss": 0.4})
     saved = path.read_bytes()
+    printed = capsys.readouterr().out
+    assert "Epoch 1: val_loss did not improve from 0.50000" in printed
+    assert f"Epoch 2: val_loss improved from 0.50000 to 0.40000, saving model to {path}" in printed
     model.layers[-1].kernel.assign(np.zeros((4, 2)))
     callback.on_epoch_end(2, {"loss": 0.1, "val_loss": 0.45})
     assert path.read_bytes() == saved

@@ -153,6 +153,9 @@ def test_xla_with_float16_under_mirrored_is_refused(precision):
         "`jit_compile='on'` with `precision='mixed_float16'` (or 'auto') and "
         "`distribute='mirrored'` crashes in Keras 3"
     )
+    assert str(caught.value).endswith(
+        ": use jit_compile 'off'/'auto', mixed_bfloat16, or no strategy."
+    )
     # Each of the three alone, or any two, is fine.
     TrainConfig(precision=precision, distribute="mirrored", jit_compile="auto")
     TrainConfig(precision=precision, distribute="mirrored", jit_compile="off")
