@@ -225,6 +225,11 @@ def check_model_file(path: str | os.PathLike, *, allow_unsafe: bool = False) -> 
         ValueError: If the file is missing, unreadable, truncated, corrupted,
             or carries code that was not allowed.
     """
+    return _read_model_config(path, allow_unsafe=allow_unsafe)[0]
+
+
+def _read_model_config(path: str | os.PathLike, *, allow_unsafe: bool) -> tuple[str, dict]:
+    # check_model_file's work; also returns the archive's config.
     path = model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -243,7 +248,51 @@ def check_model_file(path: str | os.PathLike, *, allow_unsafe: bool = False) -> 
         ) from None
     if not allow_unsafe and _carries_lambda(config):
         raise ValueError(_UNSAFE.format(path=path))
-    return path
+    return path, config
+
+
+def _mixed_policy_name(dtype: Any) -> str | None:
+    if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
+        dtype = (dtype.get("config") or {}).get("name")
+    return dtype if isinstance(dtype, str) and dtype.startswith("mixed_") else None
+
+
+def _saved_policy(config: dict) -> str | None:
+    """The mixed dtype policy a saved model was built under, if any.
+
+    The model's own ``dtype`` where its config has one (Sequential), else the
+    first mixed policy among its layers' (a functional model stores none of
+    its own, and its head computes in float32 whatever the policy).
+    """
+    model = config.get("config") or {}
+    if "dtype" in model:
+        return _mixed_policy_name(model["dtype"])
+    stack: list[Any] = [model.get("layers")]
+    while stack:  # iterative, as _carries_lambda
+        item = stack.pop()
+        if isinstance(item, dict):
+            name = _mixed_policy_name(item.get("dtype"))
+            if name:
+                return name
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+@contextlib.contextmanager
+def _global_policy(name: str | None) -> Iterator[None]:
+    import keras
+
+    previous = keras.config.dtype_policy()
+    if name is None or name == previous.name:
+        yield
+        return
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 _UNSAFE = (
@@ -266,7 +315,10 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
         compile: Restore the training configuration (optimizer, loss) too.
 
     Returns:
-        The ``keras.Model``.
+        The ``keras.Model``. With ``compile=True`` it is compiled under the
+        dtype policy it was saved with, so a mixed_float16 model gets its
+        ``LossScaleOptimizer`` back with its state (iterations, momenta, loss
+        scale); the global dtype policy is left as it was.
 
     Raises:
         ValueError: If the file is missing, truncated, corrupted, or needs
@@ -276,9 +328,13 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
 
     from keras_densenet import layers, losses  # noqa: F401  (registers them with Keras)
 
-    path = check_model_file(path, allow_unsafe=allow_unsafe)
+    path, config = _read_model_config(path, allow_unsafe=allow_unsafe)
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
+        # Compiled under the policy it was saved with: a mixed_float16 model's
+        # optimizer is a LossScaleOptimizer, and only under that policy does
+        # compile wrap it again, so its state (iterations, momenta) loads.
+        with _global_policy(_saved_policy(config) if compile else None):
+            return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
     except Exception as err:
         text = str(err)
         if "safe_mode" in text or "unsafe" in text.lower():

@@ -525,3 +525,49 @@ def test_model_file_checks_spell_their_reasons(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as err:
         rundir.check_model_file(exact)
     assert str(err.value) == f"Cannot read model file {str(exact)!r}: Permission denied."
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind"),
+    [
+        ("mixed_float16", "functional"),  # the models this package builds
+        ("mixed_float16", "sequential"),  # the model's own dtype is in its config
+        ("mixed_bfloat16", "functional"),
+        ("float32", "functional"),
+    ],
+)
+def test_a_model_loads_with_its_optimizer_state_under_any_policy(tmp_path, policy, kind):
+    import warnings
+
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"
+    keras.config.set_dtype_policy(policy)
+    try:
+        layers = [keras.layers.Dense(3), keras.layers.Activation("softmax", dtype="float32")]
+        if kind == "sequential":
+            model = keras.Sequential([keras.Input((4,)), *layers])
+        else:
+            inputs = keras.Input((4,))
+            model = keras.Model(inputs, layers[1](layers[0](inputs)))
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        model.fit(np.ones((8, 4)), np.zeros((8, 3)), batch_size=4, epochs=2, verbose=0)
+        saved = [np.asarray(v) for v in model.optimizer.variables]
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.save(tmp_path / "m.keras")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Skipping variable loading for optimizer" is a failure
+        loaded = rundir.load_model(tmp_path / "m.keras")
+    assert keras.config.dtype_policy().name == "float32"  # the caller's policy is left alone
+    assert loaded.dtype_policy.name == policy
+    assert type(loaded.optimizer) is type(model.optimizer)
+    assert int(loaded.optimizer.iterations) == 4
+    restored = [np.asarray(v) for v in loaded.optimizer.variables]  # (paths differ in name)
+    assert len(restored) == len(saved)
+    for got, value in zip(restored, saved, strict=True):
+        np.testing.assert_array_equal(got, value)
+    # Without compiling, nothing about the optimizer is read and the policy is untouched.
+    assert not rundir.load_model(tmp_path / "m.keras", compile=False).compiled
+    assert keras.config.dtype_policy().name == "float32"

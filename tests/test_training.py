@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -175,7 +176,13 @@ def test_mixed_precision_wiring(tmp_path, precision, jit_compile):
     assert summary["precision"] == precision
     assert summary["jit_compile"] is (jit_compile == "on")
     assert np.isfinite(summary["final"]["loss"]) and np.isfinite(summary["final"]["val_loss"])
-    model = keras.saving.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+    # The package's loader restores the loss-scaled optimizer with its state
+    # (plain keras.saving.load_model under float32 would drop it, with a warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_model(os.path.join(out, "last.keras"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert int(model.optimizer.iterations) == 3
     low = precision.split("_")[1]
     for layer in model._flatten_layers(include_self=False):
         for w in layer.weights:
@@ -189,6 +196,7 @@ def test_mixed_precision_wiring(tmp_path, precision, jit_compile):
     # compile() wrapped the optimizer for loss scaling under mixed_float16 only.
     expected = "LossScaleOptimizer" if precision == "mixed_float16" else "SGD"
     assert summary["optimizer"] == expected
+    assert type(model.optimizer).__name__ == expected
 
 
 def test_resolve_jit_compile():

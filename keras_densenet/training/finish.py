@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from typing import Any
 
 import keras
@@ -86,11 +85,9 @@ def finish_run(
         "image_size": config.image_size,
         "channels": config.channels,
     }
-    # A plain (not distributed) copy of the best epoch's model. Keras warns that
-    # a LossScaleOptimizer's slots are skipped on reload: they are rebuilt.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        best = rundir.load_model(best_path)
+    # A plain (not distributed) copy of the best epoch's model, its optimizer
+    # included (rundir.load_model compiles it under the policy it was saved with).
+    best = rundir.load_model(best_path)
     before, statistics = None, "moving averages"
     if config.bn_recalibrate_steps:
         before = evaluate(best, config.dataset, **test_args)["accuracy"]
