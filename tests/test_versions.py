@@ -98,14 +98,31 @@ def test_scratch_names_are_hidden_and_carry_version_host_and_process(tmp_path):
 
 
 def test_host_tag_replaces_characters_a_file_name_should_not_carry(monkeypatch):
-    monkeypatch.setattr(versions.socket, "gethostname", lambda: "build box/7:a.b_c")
-    assert versions._host_tag() == "build_box_7_a.b_c"
+    monkeypatch.setattr(versions.socket, "gethostname", lambda: "Build box/7:a.b_c-Z")
+    assert versions._host_tag() == "Build_box_7_a.b_c_Z"
 
 
 def test_pid_alive(monkeypatch):
     assert versions._pid_alive(os.getpid())
     dead = _dead_pid()
     assert not versions._pid_alive(dead)
+    # Asking must not disturb a live process (signal 0 only checks).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert versions._pid_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+    finally:
+        child.kill()
+        child.wait()
+    real_kill = os.kill
+
+    def someone_elses(pid, sig):  # what a non-root user gets for another user's process
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(versions.os, "kill", someone_elses)
+    assert versions._pid_alive(dead)
+    monkeypatch.setattr(versions.os, "kill", real_kill)
     monkeypatch.setattr(versions.os, "name", "nt")  # os.kill(pid, 0) would kill there
     assert versions._pid_alive(dead)
 
@@ -137,6 +154,18 @@ def test_a_replaced_version_left_behind_is_put_back_or_dropped(tmp_path):
     assert (tmp_path / "6" / "saved_model.pb").read_text() == "new six"
 
 
+def test_an_old_version_that_cannot_be_put_back_is_never_deleted(tmp_path, monkeypatch):
+    dead, host = _dead_pid(), _host()
+    old = _version(tmp_path, f".old-5-{host}-{dead}-0a1b2c3d", "only copy")
+
+    def refuse(src, dst):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(versions.os, "rename", refuse)
+    remove_stale_scratch(str(tmp_path))  # no error: the next export is not blocked
+    assert (old / "saved_model.pb").read_text() == "only copy"
+
+
 def test_exchange_swaps_two_directories(tmp_path):
     a, b = _version(tmp_path, "a", "A"), _version(tmp_path, "b", "B")
     assert versions._exchange(str(a), str(b)) is True
@@ -149,11 +178,37 @@ def test_exchange_reports_what_it_cannot_do(tmp_path, monkeypatch):
     inner = _version(a, "inner", "I")
     # Swapping a directory with its own child is EINVAL: "not available", fall back.
     assert versions._exchange(str(a), str(inner)) is False
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "missing"))):
-        versions._exchange(str(a), str(tmp_path / "missing"))
+    missing = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError) as caught:
+        versions._exchange(str(a), missing)
+    assert str(caught.value) == f"[Errno 2] No such file or directory: {missing!r}"
     assert (a / "saved_model.pb").read_text() == "A"
     monkeypatch.setattr(versions.sys, "platform", "darwin")
     assert versions._exchange(str(a), str(inner)) is False
+
+
+def test_exchange_without_renameat2_in_the_c_library(tmp_path, monkeypatch):
+    # An older C library (glibc < 2.28, musl) has no renameat2: fall back.
+    a, b = _version(tmp_path, "a", "A"), _version(tmp_path, "b", "B")
+
+    class NoRenameat2:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getattr__(self, name):
+            raise AttributeError(f"undefined symbol: {name}")
+
+    monkeypatch.setattr(versions.ctypes, "CDLL", NoRenameat2)
+    assert versions._exchange(str(a), str(b)) is False
+    assert (a / "saved_model.pb").read_text() == "A"
+
+    def no_library(*args, **kwargs):
+        raise OSError("cannot load the C library")
+
+    monkeypatch.setattr(versions.ctypes, "CDLL", no_library)
+    assert versions._exchange(str(a), str(b)) is False
+    replace_dir(str(b), str(a), 1)  # the rename fallback
+    assert (a / "saved_model.pb").read_text() == "B" and not b.exists()
 
 
 @pytest.mark.parametrize("exchange", [True, False])
@@ -197,6 +252,7 @@ def test_savedmodel_dir_resolves_a_version_or_the_highest_complete_one(tmp_path)
     assert savedmodel_dir(tmp_path) is None
     _version(tmp_path, "2")
     _version(tmp_path, "10")
+    _version(tmp_path, "3")
     (tmp_path / "11").mkdir()  # incomplete
     assert savedmodel_dir(tmp_path) == os.path.join(str(tmp_path), "10")
     assert savedmodel_dir(tmp_path / "2") == str(tmp_path / "2")
