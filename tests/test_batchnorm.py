@@ -216,3 +216,172 @@ def test_same_statistics_on_every_backend(tmp_path, backend):
     for name, (mean, variance) in got["stats"].items():
         np.testing.assert_allclose(mean, want[name][0], rtol=1e-3, atol=1e-4, err_msg=name)
         np.testing.assert_allclose(variance, want[name][1], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+# The helpers and the callback on a two-BatchNorm model (milliseconds each).
+
+
+def _bn_model():
+    inputs = keras.Input((3,))
+    hidden = keras.layers.BatchNormalization(name="bn_a")(inputs)
+    outputs = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Dense(2)(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def test_inputs_of_a_batch_and_what_is_refused():
+    from keras_densenet.batchnorm import _inputs_of
+
+    x = np.ones((2, 3))
+    assert _inputs_of((x, np.zeros(2))) is x
+    assert _inputs_of([x, np.zeros(2), np.ones(2)]) is x
+    assert _inputs_of(x) is x
+    message = (
+        "`data` must yield input batches or (inputs, labels) tuples, got a dict; map it "
+        "to (inputs, labels) first."
+    )
+    with pytest.raises(ValueError) as caught:
+        _inputs_of({"image": x})
+    assert str(caught.value) == message
+
+
+def test_arrays_are_split_into_batches_and_other_data_is_refused():
+    from keras_densenet.batchnorm import _batches
+
+    data = np.arange(100 * 3, dtype="float32").reshape(100, 3)
+    batches = list(_batches(data, 30))
+    assert [len(b) for b in batches] == [30, 30, 30, 10]
+    np.testing.assert_array_equal(np.concatenate(batches), data)
+    pairs = [(data[:4], np.zeros(4)), (data[4:6], np.zeros(2))]
+    assert [len(b) for b in _batches(pairs, 30)] == [4, 2]
+    for bad, shape in ((np.zeros(5), "(5,)"), (np.zeros((0, 3)), "(0, 3)")):
+        with pytest.raises(ValueError) as caught:
+            list(_batches(bad, 30))
+        assert str(caught.value) == (
+            f"`data` must be a non-empty array of inputs (batch first), got shape {shape}."
+        )
+    for bad, name in (("x.npy", "str"), (b"x", "bytes"), (3, "int")):
+        with pytest.raises(TypeError) as caught:
+            _batches(bad, 30)
+        assert str(caught.value) == (
+            "`data` must be a tf.data.Dataset, an iterable of batches (inputs or (inputs, "
+            f"labels)) or a NumPy array of inputs, got {name}."
+        )
+
+
+def test_repeat_goes_round_the_data_again_and_refuses_empty_data():
+    import itertools
+
+    from keras_densenet.batchnorm import _repeat
+
+    class Passes:
+        """An iterable that counts how often it is iterated (as a tf.data.Dataset is)."""
+
+        def __init__(self, batches):
+            self.batches, self.passes = batches, 0
+
+        def __iter__(self):
+            self.passes += 1
+            return iter(self.batches)
+
+    a, b = np.zeros((2, 3)), np.ones((2, 3))
+    data = Passes([a, b])
+    got = list(itertools.islice(_repeat(data), 5))
+    assert [float(x[0, 0]) for x in got] == [0, 1, 0, 1, 0]
+    assert data.passes == 3
+    # Arrays go round in batches of 64.
+    array = np.arange(130 * 3, dtype="float32").reshape(130, 3)
+    sizes = [len(x) for x in itertools.islice(_repeat(array), 4)]
+    assert sizes == [64, 64, 2, 64]
+    with pytest.raises(ValueError) as caught:
+        next(_repeat([]))
+    assert str(caught.value) == (
+        "`data` yielded no batches: cannot recalibrate BatchNorm statistics."
+    )
+
+
+def test_recalibrator_snapshot_restore_and_models_without_batchnorm():
+    from keras_densenet.batchnorm import BatchNormRecalibrator
+
+    model = _bn_model()
+    recalibrator = BatchNormRecalibrator(model)
+    assert [bn.name for bn in recalibrator.layers] == ["bn_a", "bn_b"]
+    saved = recalibrator.snapshot()
+    assert [s.shape for s in saved] == [(3,), (3,), (2,), (2,)]
+    data = RNG.normal(5.0, 2.0, (40, 3)).astype("float32")
+    assert recalibrator(iter([data[:0], data[:25], data[25:]]), None) == 40  # empty skipped
+    np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[0], data.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[1], data.var(0), rtol=1e-4)
+    recalibrator.restore(saved)
+    pairs = zip(saved[::2], saved[1::2], strict=True)
+    for bn, (mean, variance) in zip(recalibrator.layers, pairs, strict=True):
+        np.testing.assert_array_equal(_stats(bn)[0], mean)
+        np.testing.assert_array_equal(_stats(bn)[1], variance)
+    with pytest.raises(ValueError):
+        recalibrator.restore(saved[:3])  # a snapshot of another model
+    inputs = keras.Input((3,))
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert BatchNormRecalibrator(plain)(iter([data]), None) == 0
+    with pytest.raises(TypeError) as caught:
+        BatchNormRecalibrator("model.keras")
+    assert str(caught.value) == "`model` must be a Keras model or layer, got str."
+
+
+def test_callback_continues_its_data_and_follows_a_new_model():
+    model = _bn_model()
+    batches = [RNG.normal(i, 1.0, (8, 3)).astype("float32") for i in range(3)]
+    callback = BatchNormRecalibration(batches, steps=2)
+    assert callback.steps == 2
+    callback.set_model(model)
+    callback.on_test_end()  # before any validation: nothing to restore
+    before = _stats(model.get_layer("bn_a"))
+    callback.on_test_begin()  # batches 0 and 1
+    np.testing.assert_allclose(
+        _stats(model.get_layer("bn_a"))[0], np.concatenate(batches[:2]).mean(0), rtol=1e-5
+    )
+    callback.on_test_end()
+    np.testing.assert_array_equal(_stats(model.get_layer("bn_a"))[0], before[0])
+    callback.on_test_end()  # a second end changes nothing
+    np.testing.assert_array_equal(_stats(model.get_layer("bn_a"))[0], before[0])
+    callback.on_test_begin()  # the next pass continues: batches 2 and 0
+    np.testing.assert_allclose(
+        _stats(model.get_layer("bn_a"))[0],
+        np.concatenate([batches[2], batches[0]]).mean(0),
+        rtol=1e-5,
+    )
+    callback.on_test_end()
+    other = _bn_model()  # (a KerasTuner trial's next model)
+    callback.set_model(other)
+    callback.on_test_begin()
+    assert callback._recalibrator.model is other
+    assert not np.allclose(_stats(other.get_layer("bn_a"))[0], 0.0)
+    with pytest.raises(ValueError, match="`steps`"):
+        BatchNormRecalibration(batches, steps=0)
+
+
+def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
+    from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+
+    x = RNG.normal(3.0, 2.0, (16, 4, 4, 5)).astype("float32")
+    reference = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-3)
+    reference.build(x.shape)
+    reference.gamma.assign(RNG.uniform(0.5, 1.5, 5).astype("float32"))
+    reference.beta.assign(RNG.normal(0, 1, 5).astype("float32"))
+    ours = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-3)
+    ours.build(x.shape)
+    ours.set_weights(reference.get_weights())
+    expected = keras.ops.convert_to_numpy(reference(x, training=True))
+    y, mean, variance = batch_norm_pure(ours, x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), expected, rtol=1e-5, atol=1e-5)
+    flat = x.reshape(-1, 5).astype(np.float64)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mean), flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variance), flat.var(0), rtol=1e-4)
+    np.testing.assert_array_equal(_stats(ours)[0], 0.0)  # pure: nothing updated yet
+    update_moving_statistics(ours, mean, variance)
+    for a, b in zip(_stats(ours), _stats(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Half-precision inputs: computed in float32, returned in the layer's dtype.
+    half = keras.layers.BatchNormalization(dtype="mixed_float16")
+    half.build(x.shape)
+    y16, mean16, _ = batch_norm_pure(half, x.astype("float16"))
+    assert keras.backend.standardize_dtype(y16.dtype) == "float16"
+    assert keras.backend.standardize_dtype(mean16.dtype) == "float32"
