@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import keras
 import numpy as np
@@ -106,29 +108,6 @@ def test_mismatched_architecture_is_refused(legacy_file):
         np.testing.assert_array_equal(a, b)  # nothing was changed
 
 
-def test_mismatched_shapes_are_refused(legacy_file):
-    model = build_densenet("densenet121", growth_rate=16, input_shape=SHAPE)
-    with pytest.raises(ValueError, match=r"at layer .conv\d_block\d+_\d_(conv|bn).*model expects"):
-        load_keras_applications_weights(model, legacy_file)
-
-
-def test_bad_sources(tmp_path):
-    model = build_densenet(blocks=(1, 1), growth_rate=4, stem="cifar", input_shape=(8, 8, 1))
-    with pytest.raises(ValueError, match="not found"):
-        load_keras_applications_weights(model, tmp_path / "missing.h5")
-    corrupt = tmp_path / "corrupt.h5"
-    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
-    with pytest.raises(ValueError, match=r"corrupt\.h5"):
-        load_keras_applications_weights(model, corrupt)
-    not_legacy = tmp_path / "other.h5"
-    with h5py.File(not_legacy, "w") as f:
-        f.create_dataset("x", data=np.zeros(3))
-    with pytest.raises(ValueError, match="layer_names"):
-        load_keras_applications_weights(model, not_legacy)
-    with pytest.raises(TypeError, match="source"):
-        load_keras_applications_weights(model, 42)
-
-
 def test_keras_hub_backbone_weights_load_and_odd_sizes_match():
     """keras-hub's DenseNetBackbone: all weights map; its 'same' stem padding shifts even sizes."""
     try:
@@ -157,3 +136,181 @@ def test_keras_hub_backbone_weights_load_and_odd_sizes_match():
             assert np.abs(got - expected).max() > 1e-3
     with pytest.raises(ValueError, match="no counterpart"):
         load_keras_hub_weights(build_densenet(blocks=(2, 2, 2), include_top=False), hub)
+
+
+# A keras.applications DenseNet with 1-2 layers per block (its DenseNet121 is
+# DenseNet([6, 12, 24, 16])): the same layer names and weight layout, built in
+# a second, so every mapping and refusal below is checked without DenseNet-121.
+SMALL_BLOCKS = (1, 2, 1, 1)
+SMALL_SHAPE = (32, 32, 3)
+
+
+def _small_reference(include_top=True):
+    from keras.src.applications.densenet import DenseNet
+
+    keras.utils.set_random_seed(5)
+    model = DenseNet(
+        list(SMALL_BLOCKS),
+        include_top=include_top,
+        weights=None,
+        input_shape=SMALL_SHAPE,
+        pooling=None if include_top else "avg",
+        classes=10,
+    )
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    return model
+
+
+def _small(**kwargs):
+    return build_densenet(blocks=SMALL_BLOCKS, input_shape=SMALL_SHAPE, num_classes=10, **kwargs)
+
+
+def _logits_equal(model, reference):
+    x = np.random.default_rng(6).normal(size=(2, *SMALL_SHAPE)).astype("float32")
+    features = [
+        keras.Model(m.input, m.get_layer("relu").output)(x, training=False)
+        for m in (model, reference)
+    ]
+    np.testing.assert_allclose(np.asarray(features[0]), np.asarray(features[1]), rtol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(model(x, training=False)), np.asarray(reference(x, training=False)), atol=1e-6
+    )
+
+
+def _write_legacy(path, model, *, group=None, as_str=False):
+    """keras.applications' layout; `group` nests it as a whole-model file does."""
+    with h5py.File(path, "w") as f:
+        target = f.create_group(group) if group else f
+        legacy_h5_format.save_weights_to_hdf5_group(target, model)
+        if as_str:  # variable-length str attributes, as other writers store them
+            target.attrs["layer_names"] = [
+                n.decode() if isinstance(n, bytes) else n for n in target.attrs["layer_names"]
+            ]
+            for name in target.attrs["layer_names"]:
+                names = target[name].attrs["weight_names"]
+                target[name].attrs["weight_names"] = [
+                    n.decode() if isinstance(n, bytes) else n for n in names
+                ]
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("group", "as_str"), [(None, False), (None, True), ("model_weights", False)]
+)
+def test_small_legacy_files_in_every_layout_load_exactly(tmp_path, group, as_str):
+    reference = _small_reference()
+    path = _write_legacy(tmp_path / "small.h5", reference, group=group, as_str=as_str)
+    model = _small(dropout_rate=0.2)  # dropout layers own no weights: still a match
+    load_keras_applications_weights(model, path)
+    _logits_equal(model, reference)
+
+
+def test_small_instance_and_notop_load_exactly():
+    reference = _small_reference()
+    model = _small()
+    load_keras_applications_weights(model, reference)
+    _logits_equal(model, reference)
+    notop_ref = _small_reference(include_top=False)
+    notop = build_densenet(
+        blocks=SMALL_BLOCKS, input_shape=SMALL_SHAPE, include_top=False, pooling="avg"
+    )
+    load_keras_applications_weights(notop, notop_ref)
+    x = np.random.default_rng(7).normal(size=(2, *SMALL_SHAPE)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(notop(x, training=False)), np.asarray(notop_ref(x, training=False)), rtol=2e-5
+    )
+
+
+def test_refusals_name_the_source_and_what_differs(tmp_path):
+    reference = _small_reference()
+    path = _write_legacy(tmp_path / "small.h5", reference)
+    other = build_densenet(blocks=(1, 2, 2, 1), input_shape=SMALL_SHAPE, num_classes=10)
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(ValueError) as caught:
+        load_keras_applications_weights(other, path)
+    assert str(caught.value) == (
+        f"Architecture mismatch between file {path!r} and model {other.name!r}: "
+        "4 layers have no weights in the source (e.g. ['conv4_block2_0_bn', "
+        "'conv4_block2_1_bn', 'conv4_block2_1_conv']), 0 source layers are not in the "
+        "model (e.g. [])."
+    )
+    for a, b in zip(other.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    smaller = build_densenet(blocks=(1, 1, 1, 1), input_shape=SMALL_SHAPE, num_classes=10)
+    with pytest.raises(ValueError, match=re.escape("0 layers have no weights in the source")):
+        load_keras_applications_weights(smaller, reference)
+    with pytest.raises(ValueError, match=re.escape(f"between model {reference.name!r} and")):
+        load_keras_applications_weights(smaller, reference)
+    wider = _small(growth_rate=16)
+    with pytest.raises(ValueError) as caught:
+        load_keras_applications_weights(wider, path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"Architecture mismatch between file {path!r} and model {wider.name!r} at layer "
+    )
+    assert re.search(
+        r"at layer 'conv\d_block\d_\d_(conv|bn)': source weight shapes \[\(.*\)\], "
+        r"model expects \[\(.*\)\]\.$",
+        message,
+    )
+    with pytest.raises(TypeError) as caught:
+        load_keras_applications_weights(wider, 42)
+    assert str(caught.value) == "`source` must be a path or a keras.Model, got int."
+    missing = str(tmp_path / "missing.h5")
+    with pytest.raises(ValueError) as caught:
+        load_keras_applications_weights(wider, missing)
+    assert str(caught.value) == f"Weights file not found: {missing!r}."
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ValueError) as caught:
+        load_keras_applications_weights(wider, plain)
+    assert str(caught.value) == (
+        f"Weights file {str(plain)!r} is not a keras.applications (legacy HDF5) weights "
+        "file: it has no `layer_names` attribute."
+    )
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ValueError) as caught:
+        load_keras_applications_weights(wider, corrupt)
+    assert str(caught.value).startswith(f"Cannot read weights file {str(corrupt)!r}: ")
+
+
+def test_load_weights_picks_the_reader_by_file_name(tmp_path):
+    from keras_densenet.weights import load_weights
+
+    reference = _small_reference()
+    legacy = _write_legacy(tmp_path / "small.h5", reference)
+    model = _small()
+    load_weights(model, legacy)
+    _logits_equal(model, reference)
+    keras_file = str(tmp_path / "ours.weights.h5")
+    model.save_weights(keras_file)
+    again = _small()
+    load_weights(again, tmp_path / "ours.weights.h5")
+    _logits_equal(again, reference)
+    missing = str(tmp_path / "none.weights.h5")
+    with pytest.raises(ValueError) as caught:
+        load_weights(again, missing)
+    assert str(caught.value) == f"`weights` file not found: {missing!r}."
+    other = build_densenet(blocks=(1, 1, 1, 1), input_shape=SMALL_SHAPE, num_classes=10)
+    with pytest.raises(ValueError) as caught:
+        load_weights(other, keras_file)
+    assert str(caught.value).startswith(
+        f"Cannot load weights file {keras_file!r} into {other.name!r}: "
+    )
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match=re.escape(f"Cannot load weights file {str(broken)!r}")):
+        load_weights(again, broken)
+    # PyTorch endings go to the PyTorch reader (its own refusal for a bad file).
+    for ending in (".pth", ".pt", ".bin", ".safetensors"):
+        bad = tmp_path / f"w{ending}"
+        bad.write_bytes(b"not a checkpoint")
+        with pytest.raises(ValueError, match=re.escape(repr(str(bad)))) as caught:
+            load_weights(again, bad)
+        assert "legacy HDF5" not in str(caught.value)
