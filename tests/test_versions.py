@@ -103,10 +103,9 @@ def test_host_tag_replaces_characters_a_file_name_should_not_carry(monkeypatch):
 
 
 def test_pid_alive(monkeypatch):
-    assert versions._pid_alive(os.getpid())
-    dead = _dead_pid()
-    assert not versions._pid_alive(dead)
-    # Asking must not disturb a live process (signal 0 only checks).
+    # Asking must not disturb a live process (signal 0 only checks); asked
+    # about another process first, so a real signal fails this test rather
+    # than killing the test process itself.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert versions._pid_alive(child.pid)
@@ -115,6 +114,9 @@ def test_pid_alive(monkeypatch):
     finally:
         child.kill()
         child.wait()
+    assert versions._pid_alive(os.getpid())
+    dead = _dead_pid()
+    assert not versions._pid_alive(dead)
     real_kill = os.kill
 
     def someone_elses(pid, sig):  # what a non-root user gets for another user's process
