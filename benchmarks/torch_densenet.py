@@ -91,10 +91,16 @@ class TorchDenseNet(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def random_torch_densenet(name: str, seed: int = 0) -> TorchDenseNet:
-    """A torchvision-layout DenseNet with random weights and trained-looking BN statistics."""
+def random_torch_densenet(
+    name: str | tuple[int, tuple[int, ...], int], seed: int = 0, classes: int = 1000
+) -> TorchDenseNet:
+    """A torchvision-layout DenseNet with random weights and trained-looking BN statistics.
+
+    ``name`` is a key of `ARCHITECTURES` or a ``(growth, blocks, stem)`` triple.
+    """
     torch.manual_seed(seed)
-    net = TorchDenseNet(*ARCHITECTURES[name])
+    architecture = ARCHITECTURES[name] if isinstance(name, str) else name
+    net = TorchDenseNet(*architecture, classes=classes)
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, nn.BatchNorm2d):  # statistics a trained net would have

@@ -173,7 +173,7 @@ def _to_numpy(value: Any, key: str, what: str) -> np.ndarray:
             else (value.detach().cpu().numpy())
         )
     array = np.asarray(value)
-    if array.dtype == object:
+    if array.dtype.kind not in "biufc":  # objects, strings, bytes: not a tensor
         raise ValueError(f"{what} is not a state dict: {key!r} holds a {type(value).__name__}.")
     return array
 

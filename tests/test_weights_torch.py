@@ -9,6 +9,7 @@ randomly initialised, running statistics included, saved as ``.pth`` and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import OrderedDict
@@ -226,3 +227,222 @@ def test_torch_preprocessing_matches_torchvision_conventions():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+# A torchvision-layout DenseNet with 1-2 layers per block (growth 8, stem 16,
+# 10 classes): every mapping, wrapper and refusal in a second.
+SMALL = (8, (1, 2, 1, 1), 16)
+SMALL_SHAPE = (32, 32, 3)
+
+
+def _small_pair(seed=0):
+    net = random_torch_densenet(SMALL, seed=seed, classes=10)
+    model = build_densenet(
+        blocks=SMALL[1],
+        growth_rate=SMALL[0],
+        num_init_features=SMALL[2],
+        input_shape=SMALL_SHAPE,
+        num_classes=10,
+        bn_epsilon=1e-5,
+        classifier_activation=None,
+    )
+    return net, model
+
+
+def _same_logits(model, net):
+    images = np.random.default_rng(8).normal(size=(2, *SMALL_SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(model(images, training=False)), _logits(net, images), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_small_checkpoints_in_every_wrapping_load_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    net, model = _small_pair()
+    state = net.state_dict()
+    untrained = model.get_weights()
+    parallel = OrderedDict((f"module.{k}", v) for k, v in state.items())  # DataParallel
+    safetensors = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, safetensors)
+    pth = tmp_path / "small.pth"
+    torch.save({"model_state_dict": state, "epoch": 3}, pth)
+    numpy_state = {k: v.numpy() for k, v in state.items()}
+    sources = [
+        state,
+        {"state_dict": state},
+        {"model": state, "optimizer": {}},
+        parallel,
+        numpy_state,
+        safetensors,
+        str(pth),
+    ]
+    for source in sources:
+        model.set_weights(untrained)
+        load_torch_weights(model, source)
+        _same_logits(model, net)
+
+
+def test_reading_a_state_dict_keeps_names_and_integer_tensors():
+    state = OrderedDict(
+        [
+            ("features.norm0.num_batches_tracked", torch.tensor(7)),
+            ("features.denseblock1.denselayer1.norm.1.weight", torch.ones(2, dtype=torch.float64)),
+            ("features.denseblock1.denselayer1.conv.2.weight", torch.ones(1, 1, 1, 1)),
+            ("module.head.index", torch.arange(3)),
+        ]
+    )
+    arrays = read_torch_state_dict(state)
+    assert list(arrays) == [
+        "features.denseblock1.denselayer1.norm1.weight",
+        "features.denseblock1.denselayer1.conv2.weight",
+        "head.index",
+    ]
+    assert arrays["features.denseblock1.denselayer1.norm1.weight"].dtype == np.float32
+    assert arrays["head.index"].dtype == np.int64
+    np.testing.assert_array_equal(arrays["head.index"], [0, 1, 2])
+    half = read_torch_state_dict({"w": torch.ones(2, dtype=torch.float16)})
+    assert half["w"].dtype == np.float32
+
+
+def test_reading_refuses_what_is_not_a_state_dict(tmp_path):
+    for source in ({}, {1: torch.zeros(1)}, {"state_dict": {}}):
+        with pytest.raises(ValueError) as caught:
+            read_torch_state_dict(source)
+        assert str(caught.value) == (
+            "the state dict is not a state dict (a mapping of names to tensors)."
+        )
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict({"w": torch.zeros(1), "opt": "adam"})
+    assert str(caught.value) == "the state dict is not a state dict: 'opt' holds a str."
+    with pytest.raises(TypeError) as caught:
+        read_torch_state_dict(42)
+    assert str(caught.value) == (
+        "`source` must be a state dict or a .pth/.safetensors path, got int."
+    )
+    absent = str(tmp_path / "absent.pth")
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict(absent)
+    assert str(caught.value) == f"PyTorch checkpoint not found: {absent!r}."
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict(listed)
+    assert str(caught.value) == (
+        f"PyTorch checkpoint {str(listed)!r} is not a state dict (a mapping of names to tensors)."
+    )
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict(garbage)
+    assert str(caught.value).startswith(
+        f"{str(garbage)!r} is not a readable .safetensors file (truncated or another format): "
+    )
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict(text)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{str(text)!r} is not a readable PyTorch state dict (truncated, another format, or a "
+        "pickle of objects other than tensors): UnpicklingError: "
+    )
+    assert "\n" not in message
+
+
+def test_torch_names_of_every_layer_kind():
+    from keras_densenet.weights import _torch_names
+
+    table = {
+        "conv1_conv": ("features.conv0", "conv"),
+        "conv1_bn": ("features.norm0", "bn"),
+        "bn": ("features.norm5", "bn"),
+        "predictions": ("classifier", "dense"),
+        "conv2_block1_0_bn": ("features.denseblock1.denselayer1.norm1", "bn"),
+        "conv3_block12_1_conv": ("features.denseblock2.denselayer12.conv1", "conv"),
+        "conv4_block3_1_bn": ("features.denseblock3.denselayer3.norm2", "bn"),
+        "conv5_block16_2_conv": ("features.denseblock4.denselayer16.conv2", "conv"),
+        "pool2_bn": ("features.transition1.norm", "bn"),
+        "pool4_conv": ("features.transition3.conv", "conv"),
+    }
+    for name, expected in table.items():
+        assert _torch_names(name) == expected, name
+    for name in ("conv2_block1_2_bn", "conv2_block1_0_conv", "pool2_pool", "dense", "xconv1_bn"):
+        assert _torch_names(name) is None, name
+
+
+def test_load_refusals_name_the_tensor_and_both_shapes(tmp_path):
+    net, model = _small_pair()
+    before = [w.copy() for w in model.get_weights()]
+    state = net.state_dict()
+    missing = OrderedDict(state)
+    del missing["features.denseblock2.denselayer2.conv1.weight"]
+    with pytest.raises(ValueError) as caught:
+        load_torch_weights(model, missing)
+    assert str(caught.value) == (
+        "The PyTorch state dict has no 'features.denseblock2.denselayer2.conv1.weight' for "
+        "model layer 'conv3_block2_1_conv': it is not a checkpoint of this architecture."
+    )
+    wide = random_torch_densenet((12, SMALL[1], SMALL[2]), classes=10).state_dict()
+    with pytest.raises(ValueError) as caught:
+        load_torch_weights(model, wide)
+    # The first mismatch in the checkpoint's own order: the first dense layer's norm1.
+    assert str(caught.value) == (
+        "Architecture mismatch at 'features.denseblock1.denselayer1.conv1.weight': the "
+        "checkpoint has shape (48, 16, 1, 1) (PyTorch layout), model layer "
+        "'conv2_block1_1_conv' expects (1, 1, 16, 32) (Keras layout)."
+    )
+    extra = OrderedDict(state)
+    for name in ("features.extra.weight", "features.extra.bias", "aux.weight", "aux.bias"):
+        extra[name] = torch.zeros(3)
+    with pytest.raises(ValueError) as caught:
+        load_torch_weights(model, extra)
+    assert str(caught.value) == (
+        "The PyTorch state dict has 4 tensor(s) the model lacks, e.g. ['aux.bias', "
+        "'aux.weight', 'features.extra.bias']: it is not a checkpoint of this architecture."
+    )
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    import keras
+
+    inputs = keras.Input((4,))
+    foreign = keras.Model(inputs, keras.layers.Dense(2, name="head")(inputs))
+    with pytest.raises(ValueError) as caught:
+        load_torch_weights(foreign, state)
+    assert str(caught.value) == (
+        "Model layer 'head' has no counterpart in a PyTorch DenseNet: build the model with "
+        "`build_densenet` (keras.applications layer names)."
+    )
+
+
+def test_features_only_and_normalized_models_take_the_features(tmp_path):
+    net, _ = _small_pair()
+    kwargs = dict(
+        blocks=SMALL[1], growth_rate=SMALL[0], num_init_features=SMALL[2], bn_epsilon=1e-5
+    )
+    features = build_densenet(**kwargs, input_shape=SMALL_SHAPE, include_top=False)
+    load_torch_weights(features, net.state_dict())  # classifier.* ignored
+    images = np.random.default_rng(9).normal(size=(2, *SMALL_SHAPE)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch.relu(net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))))
+    np.testing.assert_allclose(
+        np.asarray(features(images, training=False)),
+        expected.numpy().transpose(0, 2, 3, 1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    # Without its final BN (feature pyramid taps before norm5) the head's BN is not needed
+    # either; a model with the final BN but no classifier still refuses a missing norm5.
+    no_norm5 = OrderedDict(
+        (k, v) for k, v in net.state_dict().items() if not k.startswith("features.norm5.")
+    )
+    with pytest.raises(ValueError, match=re.escape("no 'features.norm5.weight'")):
+        load_torch_weights(features, no_norm5)
+    normalized = build_densenet(
+        **kwargs,
+        input_shape=SMALL_SHAPE,
+        num_classes=10,
+        classifier_activation=None,
+        normalization="imagenet",
+    )
+    load_torch_weights(normalized, net.state_dict())  # the normalization layer has no tensors
