@@ -40,6 +40,18 @@ def _logits(net: TorchDenseNet, images: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 
+def _same_features(model: object, net: TorchDenseNet, images: np.ndarray) -> None:
+    """A features-only model against the PyTorch net's ReLU(features(x)), NHWC."""
+    with torch.inference_mode():
+        expected = torch.relu(net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))))
+    np.testing.assert_allclose(
+        np.asarray(model(images, training=False)),
+        expected.numpy().transpose(0, 2, 3, 1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
 #: densenet169/201 differ from densenet121 only in block lengths: -m slow.
 _SLOW_ARCHITECTURES = ("densenet169", "densenet201")
 
@@ -107,14 +119,7 @@ def test_old_key_format_and_features_only(tmp_path):
         "densenet121", input_shape=(64, 64, 3), bn_epsilon=1e-5, include_top=False
     )
     load_torch_weights(features, path)  # the classifier is left out
-    with torch.inference_mode():
-        expected = torch.relu(net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))))
-    np.testing.assert_allclose(
-        np.asarray(features(images, training=False)),
-        expected.numpy().transpose(0, 2, 3, 1),
-        rtol=1e-4,
-        atol=1e-4,
-    )
+    _same_features(features, net, images)
 
 
 @pytest.mark.reliability("bad_input")
@@ -423,16 +428,8 @@ def test_features_only_and_normalized_models_take_the_features(tmp_path):
     features = build_densenet(**kwargs, input_shape=SMALL_SHAPE, include_top=False)
     load_torch_weights(features, net.state_dict())  # classifier.* ignored
     images = np.random.default_rng(9).normal(size=(2, *SMALL_SHAPE)).astype(np.float32)
-    with torch.inference_mode():
-        expected = torch.relu(net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))))
-    np.testing.assert_allclose(
-        np.asarray(features(images, training=False)),
-        expected.numpy().transpose(0, 2, 3, 1),
-        rtol=1e-4,
-        atol=1e-4,
-    )
-    # Without its final BN (feature pyramid taps before norm5) the head's BN is not needed
-    # either; a model with the final BN but no classifier still refuses a missing norm5.
+    _same_features(features, net, images)
+    # A model without a classifier still has the final BN: a missing norm5 is refused.
     no_norm5 = OrderedDict(
         (k, v) for k, v in net.state_dict().items() if not k.startswith("features.norm5.")
     )
