@@ -29,21 +29,20 @@ TINY = {
 }
 
 
-def c_locale_env(module) -> dict:
-    """An environment whose default encoding is ASCII (C locale, no UTF-8 mode).
+def same_package_env(module, **extra: str) -> dict:
+    """This process's environment, with ``PYTHONPATH`` at the package ``module`` came from.
 
-    ``PYTHONPATH`` points at the package ``module`` came from, so a child
-    process imports this very copy (a mutation run's included).
+    A child process then imports this very copy of the package (a mutation
+    run's mutated copy included, which the editable install would bypass).
     """
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
-    return dict(
-        os.environ,
-        LC_ALL="C",
-        LANG="C",
-        PYTHONUTF8="0",
-        PYTHONCOERCECLOCALE="0",
-        PYTHONPATH=package_root,
-    )
+    return dict(os.environ, PYTHONPATH=package_root, **extra)
+
+
+def c_locale_env(module) -> dict:
+    """An environment whose default encoding is ASCII (C locale, no UTF-8 mode),
+    importing this copy of the package (`same_package_env`)."""
+    return same_package_env(module, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
 
 
 def run_command(capsys, *args: str) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, same_package_env
 
 from keras_densenet import build_densenet
 from keras_densenet.batchnorm import (
@@ -187,7 +186,9 @@ BACKEND_SCRIPT = textwrap.dedent(
 
 
 def _run_backend(backend, weights, images):
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    import keras_densenet
+
+    env = same_package_env(keras_densenet, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", BACKEND_SCRIPT, weights, images],
         env=env,
