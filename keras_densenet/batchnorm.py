@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_densenet._validation import check_int, check_positive_int
+from keras_densenet._validation import check_positive_int
 from keras_densenet.architecture import RECALIBRATION_STEPS
 
 #: Batches a recalibration uses unless told otherwise.
@@ -112,8 +112,6 @@ class _Forward:
     """
 
     def __init__(self, model: keras.Model, layers: list[keras.layers.BatchNormalization]) -> None:
-        self.model = model
-        self.layers = layers
         self.variables = [v for bn in layers for v in (bn.moving_mean, bn.moving_variance)]
         backend = keras.backend.backend()
         self._fn: Any
@@ -153,7 +151,8 @@ class _Forward:
 
             self._fn = forward
 
-    def __call__(self, x: Any) -> list[np.ndarray]:
+    def __call__(self, x: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each BN layer's ``(mean, variance)`` of batch ``x``, in float64."""
         if keras.backend.backend() != "tensorflow":
             x = np.asarray(x)
         if keras.backend.backend() == "torch":
@@ -163,22 +162,22 @@ class _Forward:
                 values = self._fn(x)
         else:
             values = self._fn(x)
-        return [np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in values]
+        arrays = [np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in values]
+        return [(arrays[i], arrays[i + 1]) for i in range(0, len(arrays), 2)]
 
 
 class _ZeroMomentum:
     """Sets every layer's momentum to 0 for a block, then restores it."""
 
     def __init__(self, layers: list[keras.layers.BatchNormalization]) -> None:
-        self.layers = layers
-        self.saved = [bn.momentum for bn in layers]
+        self.saved = [(bn, bn.momentum) for bn in layers]
 
     def __enter__(self) -> None:
-        for bn in self.layers:
+        for bn, _ in self.saved:
             bn.momentum = 0.0
 
     def __exit__(self, *exc: Any) -> None:
-        for bn, momentum in zip(self.layers, self.saved, strict=True):
+        for bn, momentum in self.saved:
             bn.momentum = momentum
 
 
@@ -232,31 +231,30 @@ class BatchNormRecalibrator:
         """
         if not self.layers:
             return 0
+        # Each layer's batch mean m and variance v give E[x] = m and E[x^2] =
+        # v + m^2; weighting by batch size makes the result the exact moments of
+        # all the features seen, whatever the batching. The sums are float64.
+        sums = [[0.0, 0.0] for _ in self.layers]
+        count = 0
         with _ZeroMomentum(self.layers):
             if self._forward is None:
                 self._forward = _Forward(self.model, self.layers)
-            sums: list[np.ndarray] | None = None
-            count = 0
             for x in itertools.islice(batches, steps):
                 n = int(keras.ops.shape(x)[0])
                 if n == 0:
                     continue
-                moments = self._forward(x)
-                # Each layer's batch mean m and variance v give E[x] = m and
-                # E[x^2] = v + m^2; weighting by batch size makes the result the
-                # exact moments of all the features seen, whatever the batching.
-                terms = []
-                for mean, variance in zip(moments[::2], moments[1::2], strict=True):
-                    terms += [mean * n, (variance + np.square(mean)) * n]
-                sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
+                for i, (mean, variance) in enumerate(self._forward(x)):
+                    sums[i][0] += mean * n
+                    sums[i][1] += (variance + np.square(mean)) * n
                 count += n
-        if sums is None:
+        if count == 0:
             raise ValueError("`data` yielded no examples: cannot recalibrate BatchNorm statistics.")
-        for bn, total, total_sq in zip(self.layers, sums[::2], sums[1::2], strict=True):
-            mean = total / count
-            variance = np.maximum(total_sq / count - np.square(mean), 0.0)
-            bn.moving_mean.assign(mean.astype(np.float32))
-            bn.moving_variance.assign(variance.astype(np.float32))
+        for i, bn in enumerate(self.layers):
+            mean = sums[i][0] / count
+            variance = np.maximum(sums[i][1] / count - np.square(mean), 0.0)
+            # (assign casts to the variable's dtype, float32 under every policy)
+            bn.moving_mean.assign(mean)
+            bn.moving_variance.assign(variance)
         return count
 
 
@@ -303,7 +301,7 @@ def recalibrate_batchnorm(
         2700
     """
     if steps is not None:
-        check_int("steps", steps, 1)
+        check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     batches = _batches(data, batch_size)
     return BatchNormRecalibrator(model)(batches, steps)

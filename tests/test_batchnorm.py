@@ -101,24 +101,34 @@ def test_recalibration_repairs_statistics_left_by_a_short_run():
     assert np.abs(stale - train_mode).max() > 10 * np.abs(fresh - train_mode).max()
 
 
+NO_EXAMPLES = "`data` yielded no examples: cannot recalibrate BatchNorm statistics."
+INT_RANGE = "must be an integer in [1, 2147483647]"
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
+    ("kwargs", "error", "message"),
     [
-        ({"steps": 0}, ValueError, "steps"),
-        ({"steps": 2.5}, TypeError, "steps"),
-        ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"data": IMAGES[:0]}, ValueError, "data"),
-        ({"data": "images.npy"}, TypeError, "data"),
-        ({"data": [{"image": IMAGES[:2]}]}, ValueError, "dict"),
-        ({"data": []}, ValueError, "no examples"),
+        ({"steps": 0}, ValueError, f"`steps` {INT_RANGE}, got 0."),
+        ({"steps": 2.5}, TypeError, f"`steps` {INT_RANGE}, got 2.5."),
+        ({"batch_size": 0}, ValueError, f"`batch_size` {INT_RANGE}, got 0."),
+        ({"data": IMAGES[:0]}, ValueError, "non-empty array"),
+        ({"data": "images.npy"}, TypeError, "got str."),
+        ({"data": [{"image": IMAGES[:2]}]}, ValueError, "got a dict"),
+        ({"data": []}, ValueError, NO_EXAMPLES),
+        ({"data": [IMAGES[:0], IMAGES[:0]]}, ValueError, NO_EXAMPLES),
     ],
 )
-def test_bad_arguments(kwargs, error, match):
+def test_bad_arguments(kwargs, error, message):
     model = _model()
     before = [_stats(bn) for bn in batchnorm_layers(model)]
     args = {"data": IMAGES, **kwargs}
-    with pytest.raises(error, match=match):
+    with pytest.raises(error) as caught:
         recalibrate_batchnorm(model, **args)
+    # Whole messages where this module writes them (_batches' own are tested below).
+    if message.startswith("`"):
+        assert str(caught.value) == message
+    else:
+        assert message in str(caught.value)
     for old, bn in zip(before, batchnorm_layers(model), strict=True):
         np.testing.assert_array_equal(old[0], _stats(bn)[0])
 
@@ -175,8 +185,9 @@ BACKEND_SCRIPT = textwrap.dedent(
     model = build_densenet(blocks=(2, 2), growth_rate=4, num_init_features=8, stem="imagenet",
                            input_shape=(28, 28, 1), num_classes=10, memory_efficient=True)
     model.load_weights(sys.argv[1])
-    images = np.load(sys.argv[2])
-    recalibrate_batchnorm(model, images, steps=None, batch_size=40)
+    import tensorflow as tf  # tf.data feeds every backend (tensors converted per batch)
+    batches = tf.data.Dataset.from_tensor_slices(np.load(sys.argv[2])).batch(40)
+    recalibrate_batchnorm(model, batches, steps=None)
     stats = {bn.name: [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
                        for v in (bn.moving_mean, bn.moving_variance)]
              for bn in batchnorm_layers(model)}
@@ -363,11 +374,12 @@ def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
     from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
 
     x = RNG.normal(3.0, 2.0, (16, 4, 4, 5)).astype("float32")
-    reference = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-3)
+    # epsilon 0.05, not ops.batch_normalization's default 1e-3, so dropping it shows.
+    reference = keras.layers.BatchNormalization(momentum=0.8, epsilon=0.05)
     reference.build(x.shape)
     reference.gamma.assign(RNG.uniform(0.5, 1.5, 5).astype("float32"))
     reference.beta.assign(RNG.normal(0, 1, 5).astype("float32"))
-    ours = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-3)
+    ours = keras.layers.BatchNormalization(momentum=0.8, epsilon=0.05)
     ours.build(x.shape)
     ours.set_weights(reference.get_weights())
     expected = keras.ops.convert_to_numpy(reference(x, training=True))
@@ -386,3 +398,61 @@ def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
     y16, mean16, _ = batch_norm_pure(half, x.astype("float16"))
     assert keras.backend.standardize_dtype(y16.dtype) == "float16"
     assert keras.backend.standardize_dtype(mean16.dtype) == "float32"
+    # A float64 layer computes in float64 throughout (no float32 on the way).
+    wide = keras.layers.BatchNormalization(dtype="float64", epsilon=0.05)
+    wide.build(x.shape)
+    wide.gamma.assign(RNG.uniform(0.5, 1.5, 5))
+    wide.beta.assign(RNG.normal(0, 1, 5))
+    x64 = x.astype(np.float64) + RNG.normal(0, 1e-6, x.shape)
+    y64, mean64, variance64 = batch_norm_pure(wide, x64)
+    for value in (y64, mean64, variance64):
+        assert keras.backend.standardize_dtype(value.dtype) == "float64"
+    flat64 = x64.reshape(-1, 5)
+    gamma, beta = (keras.ops.convert_to_numpy(w) for w in (wide.gamma, wide.beta))
+    want = (x64 - flat64.mean(0)) / np.sqrt(flat64.var(0) + 0.05) * gamma + beta
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y64), want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mean64), flat64.mean(0), rtol=1e-12)
+
+
+def test_batchnorm_layers_of_a_layer_itself_and_of_nested_models():
+    bn = keras.layers.BatchNormalization()
+    assert batchnorm_layers(bn) == [bn]
+    inner = _bn_model()
+    inputs = keras.Input((3,))
+    outer = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_c")(inner(inputs)))
+    assert sorted(layer.name for layer in batchnorm_layers(outer)) == ["bn_a", "bn_b", "bn_c"]
+
+
+def test_array_data_is_batched_by_64_unless_told():
+    """bn_b's input depends on bn_a's batch statistics, so its moments show the batching."""
+    data = RNG.normal(1.0, 2.0, (130, 3)).astype("float32")
+
+    def recalibrated(**kwargs):
+        keras.utils.set_random_seed(0)
+        model = _bn_model()
+        assert recalibrate_batchnorm(model, data, steps=None, **kwargs) == 130
+        return _stats(model.get_layer("bn_b"))
+
+    default, by_64, by_65 = recalibrated(), recalibrated(batch_size=64), recalibrated(batch_size=65)
+    np.testing.assert_array_equal(default[1], by_64[1])
+    assert not np.allclose(default[1], by_65[1], rtol=1e-6, atol=0)
+
+
+def test_moments_are_summed_in_float64():
+    """A large mean with a small spread: E[x^2] - E[x]^2 in float32 would lose the variance."""
+    model = _bn_model()
+    data = RNG.normal(3000.0, 1.0, (400, 3)).astype("float32")
+    recalibrate_batchnorm(model, data, steps=None, batch_size=16)
+    mean, variance = _stats(model.get_layer("bn_a"))
+    np.testing.assert_allclose(mean, data.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(variance, data.astype(np.float64).var(0), rtol=2e-3)
+
+
+def test_the_forward_pass_is_traced_once_per_shape_family_on_tensorflow():
+    """Ragged last batches do not retrace the compiled pass for every size."""
+    from keras_densenet.batchnorm import BatchNormRecalibrator
+
+    recalibrator = BatchNormRecalibrator(_bn_model())
+    data = RNG.normal(0.0, 1.0, (60, 3)).astype("float32")
+    assert recalibrator(iter([data[:30], data[30:50], data[50:]]), None) == 60
+    assert recalibrator._forward._fn.experimental_get_tracing_count() == 2
