@@ -260,9 +260,11 @@ def _mixed_policy_name(dtype: Any) -> str | None:
 def _saved_policy(config: dict) -> str | None:
     """The mixed dtype policy a saved model was built under, if any.
 
-    The model's own ``dtype`` where its config has one (Sequential), else the
-    first mixed policy among its layers' (a functional model stores none of
-    its own, and its head computes in float32 whatever the policy).
+    The model's own ``dtype`` where its config has one (Sequential; Keras
+    gives a loaded model the global policy, and compile wraps the optimizer
+    by the model's), else the first mixed policy among its layers' (a
+    functional model stores none of its own, and its head computes in float32
+    whatever the policy).
     """
     model = config.get("config") or {}
     if "dtype" in model:
@@ -337,7 +339,7 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False, compile: 
             return keras.saving.load_model(path, compile=compile, safe_mode=not allow_unsafe)
     except Exception as err:
         text = str(err)
-        if "safe_mode" in text or "unsafe" in text.lower():
+        if "`safe_mode=False`" in text:  # every refusal of Keras' safe mode says so
             raise ValueError(_UNSAFE.format(path=path)) from err
         raise ValueError(f"Cannot load model {path!r}: {type(err).__name__}: {text}") from err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -94,9 +95,15 @@ def test_keras_safe_mode_still_refuses_when_the_early_check_is_skipped(tmp_path,
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(ValueError, match="contains code"):
         rundir.check_model_file(path)
-    monkeypatch.setattr(rundir, "check_model_file", lambda p, **_: rundir.model_file(p))
-    with pytest.raises(ValueError, match=r"code\.keras.*contains code.*allow_unsafe"):
+    monkeypatch.setattr(rundir, "_carries_lambda", lambda config: False)
+    rundir.check_model_file(path)  # the early check is blind now
+    with pytest.raises(ValueError) as err:
         rundir.load_model(path)
+    assert str(err.value) == (
+        f"Refusing to load {str(path)!r}: it contains code (e.g. a Lambda layer) that would run "
+        "on load; pass `allow_unsafe=True` only for a file you trust."
+    )
+    assert "safe_mode" in str(err.value.__cause__)  # Keras' own refusal, kept as the cause
     model = rundir.load_model(path, allow_unsafe=True)
     assert float(model(np.ones((1, 4), "float32"))[0, 0]) == 2.0
 
@@ -412,6 +419,23 @@ def test_epochs_done_reads_the_backup_exactly(tmp_path):
     assert str(err.value) == (
         f"The backup weights file {weights!r} is missing: the run cannot resume from it."
     )
+    # Every object is visited: a broken header in the last group is found.
+    import h5py
+
+    with h5py.File(weights, "w") as f:
+        f.create_group("a").create_dataset("w", data=np.ones(3))
+        address = h5py.h5o.get_info(f.create_group("z").id).addr
+    assert rundir.epochs_done(tmp_path) == 1
+    data = bytearray(pathlib.Path(weights).read_bytes())
+    data[address : address + 16] = b"\xff" * 16
+    pathlib.Path(weights).write_bytes(bytes(data))
+    with pytest.raises(ValueError) as err:
+        rundir.epochs_done(tmp_path)
+    assert str(err.value) == (
+        f"The backup weights file {weights!r} is truncated or corrupted (Object visitation "
+        "failed (bad object header version number)); remove the backup/ directory to restart "
+        "the run from scratch."
+    )
 
 
 def test_history_cells_and_rewrites_exactly(tmp_path):
@@ -532,6 +556,7 @@ def test_model_file_checks_spell_their_reasons(tmp_path, monkeypatch):
     [
         ("mixed_float16", "functional"),  # the models this package builds
         ("mixed_float16", "sequential"),  # the model's own dtype is in its config
+        ("mixed_float16", "sequential-float32-layers"),  # mixed in the model's config only
         ("mixed_bfloat16", "functional"),
         ("float32", "functional"),
     ],
@@ -544,8 +569,9 @@ def test_a_model_loads_with_its_optimizer_state_under_any_policy(tmp_path, polic
     assert keras.config.dtype_policy().name == "float32"
     keras.config.set_dtype_policy(policy)
     try:
-        layers = [keras.layers.Dense(3), keras.layers.Activation("softmax", dtype="float32")]
-        if kind == "sequential":
+        dense = keras.layers.Dense(3, dtype="float32" if "float32" in kind else None)
+        layers = [dense, keras.layers.Activation("softmax", dtype="float32")]
+        if kind.startswith("sequential"):
             model = keras.Sequential([keras.Input((4,)), *layers])
         else:
             inputs = keras.Input((4,))
@@ -568,6 +594,13 @@ def test_a_model_loads_with_its_optimizer_state_under_any_policy(tmp_path, polic
     assert len(restored) == len(saved)
     for got, value in zip(restored, saved, strict=True):
         np.testing.assert_array_equal(got, value)
-    # Without compiling, nothing about the optimizer is read and the policy is untouched.
-    assert not rundir.load_model(tmp_path / "m.keras", compile=False).compiled
+    # Without compiling, nothing about the optimizer is read and the policy is untouched:
+    # the model is what Keras itself loads.
+    plain = rundir.load_model(tmp_path / "m.keras", compile=False)
+    assert not plain.compiled
+    reference = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert plain.dtype_policy.name == reference.dtype_policy.name
+    assert [layer.dtype_policy.name for layer in plain.layers] == [
+        layer.dtype_policy.name for layer in reference.layers
+    ]
     assert keras.config.dtype_policy().name == "float32"
