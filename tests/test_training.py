@@ -19,9 +19,6 @@ from keras_densenet.training import (
     TrainConfig,
     TrainingError,
     load_model,
-    make_optimizer,
-    resolve_jit_compile,
-    resolve_precision,
     train,
 )
 
@@ -199,34 +196,6 @@ def test_mixed_precision_wiring(tmp_path, precision, jit_compile):
     assert type(model.optimizer).__name__ == expected
 
 
-def test_resolve_jit_compile():
-    assert resolve_jit_compile("off", gpus=1) is False
-    assert resolve_jit_compile("on", gpus=0) is True
-    assert resolve_jit_compile("auto", gpus=0) is False
-    assert resolve_jit_compile("auto", gpus=2) is True  # XLA where a GPU is
-    assert resolve_jit_compile("auto", strategy=object(), gpus=2) is False
-    with pytest.raises(ValueError, match="18666"):
-        resolve_jit_compile("on", strategy=object(), precision="mixed_float16")
-    with pytest.raises(ValueError, match="jit_compile"):
-        TrainConfig(jit_compile="on", distribute="mirrored", precision="mixed_float16")
-
-
-@pytest.mark.parametrize(
-    ("gpus", "expected"),
-    [
-        ([(8, 0)], "mixed_float16"),  # tensor cores
-        ([(7, 0), (8, 6)], "mixed_float16"),
-        ([(6, 1)], "float32"),  # no tensor cores: float16 is no faster
-        ([(8, 0), (6, 1)], "float32"),  # every GPU must have them
-        ([], "float32"),  # CPUs, bfloat16 ones too: not faster at equal accuracy
-    ],
-)
-def test_auto_precision_follows_the_hardware(gpus, expected):
-    assert resolve_precision("auto", gpus=gpus) == expected
-    for fixed in ("float32", "mixed_float16", "mixed_bfloat16"):
-        assert resolve_precision(fixed, gpus=gpus) == fixed
-
-
 def test_auto_precision_on_this_machine(tmp_path):
     # No GPU here: float32, whatever bfloat16 instructions the CPU has.
     summary = train(
@@ -243,60 +212,6 @@ def test_auto_precision_on_this_machine(tmp_path):
     assert load_model(str(tmp_path / "auto")).dtype_policy.name == "float32"
     with open(os.path.join(tmp_path, "auto", "config.json")) as f:
         assert json.load(f)["precision"] == "auto"  # a resume on other hardware re-resolves
-
-
-def test_optimizer_follows_the_paper():
-    # The paper's recipe: steps at 50% and 75%, no warm-up.
-    config = TrainConfig(epochs=4, schedule="step", warmup_epochs=0)
-    optimizer = make_optimizer(config, total_steps=100, global_batch=128)
-    assert optimizer.nesterov and optimizer.momentum == 0.9
-    assert optimizer.weight_decay == 1e-4
-    optimizer_lr = optimizer._learning_rate
-    rates = [float(optimizer_lr(step)) for step in (0, 49, 50, 74, 75, 99)]
-    np.testing.assert_allclose(rates, [0.2, 0.2, 0.02, 0.02, 0.002, 0.002], rtol=1e-6)
-    cosine = make_optimizer(
-        TrainConfig(schedule="cosine", warmup_epochs=0, learning_rate=0.05), 100, 64
-    )
-    np.testing.assert_allclose(
-        [float(cosine._learning_rate(s)) for s in (0, 50, 100)], [0.05, 0.025, 0.0], atol=1e-7
-    )
-
-
-@pytest.mark.parametrize("schedule", ["step", "cosine"])
-def test_linear_warmup(schedule):
-    # 4 epochs of 25 steps, 1 epoch of warm-up: a linear ramp from 0.1 / 25 at
-    # update 0 to 0.1 at update 25 (CosineDecay's own warm-up ramp).
-    config = TrainConfig(epochs=4, schedule=schedule, warmup_epochs=1.0, learning_rate=0.1)
-    lr = make_optimizer(config, total_steps=100, global_batch=64, steps_per_epoch=25)._learning_rate
-    ramp = [float(lr(step)) for step in (0, 10, 20)]
-    np.testing.assert_allclose(ramp, [0.004, 0.004 + 0.096 * 0.4, 0.004 + 0.096 * 0.8], rtol=1e-5)
-    after = [float(lr(step)) for step in (25, 60, 99)]
-    if schedule == "step":  # the paper's steps are where they were without warm-up
-        np.testing.assert_allclose(after, [0.1, 0.01, 0.001], rtol=1e-5)
-    else:  # cosine from the end of warm-up to 0
-        np.testing.assert_allclose(after[0], 0.1, rtol=1e-4)
-        assert after[0] > after[1] > after[2] > 0
-        assert after[2] < 0.1 * 1e-3
-    # The schedule survives a .keras round trip of the optimizer.
-    optimizer = make_optimizer(config, total_steps=100, global_batch=64, steps_per_epoch=25)
-    revived = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
-    np.testing.assert_allclose(
-        [float(revived._learning_rate(s)) for s in (0, 12, 60)],
-        [float(lr(s)) for s in (0, 12, 60)],
-        rtol=1e-6,
-    )
-    # Weight decay applies to kernels only, not BN scales and offsets.
-    bn = keras.layers.BatchNormalization()
-    bn.build((None, 4))
-    dense = keras.layers.Dense(2)
-    dense.build((None, 4))
-    optimizer.build(bn.trainable_variables + dense.trainable_variables)
-    decayed = {
-        v.name
-        for v in bn.trainable_variables + dense.trainable_variables
-        if optimizer._use_weight_decay(v)
-    }
-    assert decayed == {"kernel"}
 
 
 def test_label_smoothing_reaches_the_loss():

@@ -22,14 +22,21 @@ from keras_densenet.training.config import JIT_MODES, TrainConfig
 REFERENCE_BATCH = 64
 
 
-def cpu_has_bfloat16() -> bool:
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), on Linux.
 
     oneDNN runs bfloat16 convolutions natively there; elsewhere bfloat16 is
     emulated and slower than float32.
+
+    Args:
+        cpuinfo: The file listing the CPU's flags (Linux's, by default).
+
+    Returns:
+        True if the first ``flags`` line names ``avx512_bf16`` or ``amx_bf16``;
+        False otherwise, or where the file cannot be read.
     """
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False

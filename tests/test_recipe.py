@@ -1,0 +1,307 @@
+"""The training recipe: precision, XLA, devices, the optimizer and its schedules.
+
+Milliseconds each: no model is trained here (tests/test_training.py trains).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_densenet.training import TrainConfig, make_optimizer, recipe, resolve_precision
+from keras_densenet.training.recipe import (
+    LinearWarmup,
+    cpu_has_bfloat16,
+    resolve_jit_compile,
+)
+
+INT_RANGE = "must be an integer in [1, 2147483647]"
+
+
+def _rates(schedule, steps):
+    return [float(schedule(step)) for step in steps]
+
+
+# Precision and devices.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu amx_bf16\n", True),
+        ("flags\t\t: fpu avx512f avx512_vnni\n", False),
+        ("flags\t\t: fpu avx512_bf16x\n", False),  # whole flags, not substrings
+        ("flags\t\t: fpu\nflags\t\t: avx512_bf16\n", False),  # the first flags line counts
+        ("vmx flags\t: avx512_bf16\n", False),  # not a flags line
+        ("processor\t: 0\n", False),
+        ("", False),
+    ],
+)
+def test_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path, text, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert cpu_has_bfloat16(str(cpuinfo)) is expected
+
+
+def test_an_unreadable_cpuinfo_means_no_bfloat16(tmp_path):
+    assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
+    assert cpu_has_bfloat16(str(tmp_path)) is False  # a directory
+    assert isinstance(cpu_has_bfloat16(), bool)  # this machine's /proc/cpuinfo
+
+
+def test_gpu_capabilities_list_the_visible_gpus():
+    import tensorflow as tf
+
+    found = recipe.gpu_compute_capabilities()
+    assert len(found) == len(tf.config.list_physical_devices("GPU"))
+    assert all(isinstance(c, tuple) and len(c) == 2 for c in found)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [
+        ([(8, 0)], "mixed_float16"),  # tensor cores
+        ([(7, 0), (8, 6)], "mixed_float16"),
+        ([(7, 0)], "mixed_float16"),  # 7.0 is the first with them
+        ([(6, 1)], "float32"),  # no tensor cores: float16 is no faster
+        ([(8, 0), (6, 1)], "float32"),  # every GPU must have them
+        ([], "float32"),  # CPUs, bfloat16 ones too: not faster at equal accuracy
+    ],
+)
+def test_auto_precision_follows_the_hardware(gpus, expected):
+    assert resolve_precision("auto", gpus=gpus) == expected
+    for fixed in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert resolve_precision(fixed, gpus=gpus) == fixed
+
+
+def test_auto_precision_asks_the_backend_for_gpus():
+    gpus = recipe.gpu_compute_capabilities()
+    assert resolve_precision("auto") == resolve_precision("auto", gpus=gpus)
+
+
+def test_dtype_policy_is_set_for_a_block_and_restored_after_an_error():
+    assert keras.config.dtype_policy().name == "float32"
+    with recipe.dtype_policy("mixed_bfloat16"):
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    with pytest.raises(RuntimeError, match="inside"), recipe.dtype_policy("mixed_float16"):
+        assert keras.config.dtype_policy().name == "mixed_float16"
+        raise RuntimeError("inside")
+    assert keras.config.dtype_policy().name == "float32"
+    with recipe.dtype_policy("auto"):  # resolved, not set as "auto"
+        assert keras.config.dtype_policy().name == resolve_precision("auto")
+
+
+def test_a_mirrored_strategy_only_when_asked_and_on_tensorflow(monkeypatch):
+    import tensorflow as tf
+
+    assert recipe.make_strategy(TrainConfig()) is None
+    assert isinstance(
+        recipe.make_strategy(TrainConfig(distribute="mirrored")), tf.distribute.MirroredStrategy
+    )
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert recipe.make_strategy(TrainConfig()) is None
+    with pytest.raises(ValueError) as caught:
+        recipe.make_strategy(TrainConfig(distribute="mirrored"))
+    assert str(caught.value) == (
+        "`distribute='mirrored'` needs the TensorFlow backend (KERAS_BACKEND is 'jax'); use "
+        "distribute='data_parallel' on JAX."
+    )
+
+
+def test_data_parallel_needs_the_jax_backend():
+    # (tests/test_backends.py runs it on JAX.)
+    with pytest.raises(ValueError) as caught:
+        recipe.data_parallel(TrainConfig())
+    assert str(caught.value) == (
+        "`distribute='data_parallel'` needs the JAX backend (KERAS_BACKEND=jax); the backend "
+        "is 'tensorflow'. On TensorFlow use 'mirrored'."
+    )
+
+
+# XLA.
+
+
+def test_jit_compile_modes():
+    strategy = object()
+    assert resolve_jit_compile("off", gpus=1) is False
+    assert resolve_jit_compile("on", gpus=0) is True
+    assert resolve_jit_compile("on", precision="mixed_float16") is True  # no strategy: fine
+    assert resolve_jit_compile("on", strategy=strategy, precision="float32") is True
+    assert resolve_jit_compile("on", strategy=strategy, precision="mixed_bfloat16") is True
+    assert resolve_jit_compile("auto", gpus=0) is False
+    assert resolve_jit_compile("auto", gpus=1) is True  # XLA where a GPU is
+    assert resolve_jit_compile("auto", gpus=2) is True
+    assert resolve_jit_compile("auto", strategy=strategy, gpus=2) is False
+    with pytest.raises(ValueError) as caught:
+        resolve_jit_compile("on", strategy=strategy, precision="mixed_float16")
+    assert str(caught.value) == (
+        "XLA with mixed_float16 under MirroredStrategy crashes (keras-team/keras#18666)."
+    )
+    for bad in ("yes", "ON", None):
+        with pytest.raises(ValueError) as caught:
+            resolve_jit_compile(bad)
+        assert str(caught.value) == (
+            f"`jit_compile` must be one of ('off', 'on', 'auto'), got {bad!r}."
+        )
+
+
+def test_auto_jit_compile_asks_tensorflow_and_follows_other_backends(monkeypatch):
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert resolve_jit_compile("auto") is (gpus > 0)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert resolve_jit_compile("auto", gpus=0) is True  # JAX compiles everything with XLA
+    assert resolve_jit_compile("auto", strategy=object()) is False
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    assert resolve_jit_compile("auto", gpus=2) is False
+
+
+# The learning rate.
+
+
+def test_linear_warmup_ramps_then_follows_its_schedule():
+    inner = keras.optimizers.schedules.PiecewiseConstantDecay([9], [1.0, 0.5])
+    warm = LinearWarmup(inner, 4)
+    assert warm.warmup_steps == 4
+    np.testing.assert_allclose(
+        _rates(warm, range(12)),
+        [0.25, 0.4375, 0.625, 0.8125, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5],
+        rtol=1e-6,
+    )
+    assert float(LinearWarmup(inner, 1)(0)) == 1.0  # one step: no ramp
+    for bad, error in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error) as caught:
+            LinearWarmup(inner, bad)
+        assert str(caught.value) == f"`warmup_steps` {INT_RANGE}, got {bad}."
+
+
+def test_linear_warmup_round_trips_through_its_config():
+    inner = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=20)
+    warm = LinearWarmup(inner, 5)
+    config = warm.get_config()
+    assert config == {"schedule": keras.optimizers.schedules.serialize(inner), "warmup_steps": 5}
+    assert keras.saving.get_registered_name(LinearWarmup) == "keras_densenet>LinearWarmup"
+    revived = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(warm))
+    assert type(revived) is LinearWarmup and revived.warmup_steps == 5
+    assert type(revived.schedule) is keras.optimizers.schedules.CosineDecay
+    steps = [0, 2, 5, 13, 25]
+    np.testing.assert_allclose(_rates(revived, steps), _rates(warm, steps), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("total", "rates"),
+    [
+        # The update that starts the second half sees lr/10, the one at 75% lr/100.
+        (100, {0: 1.0, 49: 1.0, 50: 0.1, 74: 0.1, 75: 0.01, 99: 0.01}),
+        (4, {0: 1.0, 1: 1.0, 2: 0.1, 3: 0.01}),
+        (3, {0: 1.0, 1: 1.0, 2: 0.1}),
+        (2, {0: 1.0, 1: 0.1}),
+        (1, {0: 1.0}),
+    ],
+)
+def test_the_paper_steps_at_half_and_three_quarters(total, rates):
+    config = TrainConfig(epochs=1, schedule="step", warmup_epochs=0, learning_rate=1.0)
+    lr = make_optimizer(config, total_steps=total, global_batch=64)._learning_rate
+    assert type(lr) is keras.optimizers.schedules.PiecewiseConstantDecay
+    np.testing.assert_allclose(_rates(lr, rates), list(rates.values()), rtol=1e-6)
+
+
+def test_the_learning_rate_scales_with_the_global_batch_unless_given():
+    for batch, base in ((64, 0.1), (128, 0.2), (16, 0.025)):
+        config = TrainConfig(epochs=1, schedule="cosine", warmup_epochs=0)
+        lr = make_optimizer(config, total_steps=10, global_batch=batch)._learning_rate
+        np.testing.assert_allclose(float(lr(0)), base, rtol=1e-6)
+    config = TrainConfig(epochs=1, schedule="cosine", warmup_epochs=0, learning_rate=0.03)
+    lr = make_optimizer(config, total_steps=10, global_batch=128)._learning_rate
+    np.testing.assert_allclose(float(lr(0)), 0.03, rtol=1e-6)
+
+
+def test_cosine_decays_to_zero_over_the_run():
+    config = TrainConfig(schedule="cosine", warmup_epochs=0, learning_rate=0.05)
+    lr = make_optimizer(config, 100, 64)._learning_rate
+    assert type(lr) is keras.optimizers.schedules.CosineDecay
+    assert lr.decay_steps == 100 and lr.alpha == 0.0 and not lr.warmup_steps
+    np.testing.assert_allclose(_rates(lr, (0, 50, 100)), [0.05, 0.025, 0.0], atol=1e-7)
+    one = make_optimizer(TrainConfig(epochs=1, schedule="cosine", warmup_epochs=0), 0, 64)
+    assert one._learning_rate.decay_steps == 1  # never a zero division
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_linear_warmup(schedule):
+    # 4 epochs of 25 steps, 1 epoch of warm-up: a linear ramp from 0.1 / 25 at
+    # update 0 to 0.1 at update 25 (CosineDecay's own warm-up ramp).
+    config = TrainConfig(epochs=4, schedule=schedule, warmup_epochs=1.0, learning_rate=0.1)
+    lr = make_optimizer(config, total_steps=100, global_batch=64, steps_per_epoch=25)._learning_rate
+    ramp = _rates(lr, (0, 10, 20))
+    np.testing.assert_allclose(ramp, [0.004, 0.004 + 0.096 * 0.4, 0.004 + 0.096 * 0.8], rtol=1e-5)
+    after = _rates(lr, (25, 60, 99))
+    if schedule == "step":  # the paper's steps are where they were without warm-up
+        assert type(lr) is LinearWarmup and lr.warmup_steps == 25
+        np.testing.assert_allclose(after, [0.1, 0.01, 0.001], rtol=1e-5)
+    else:  # cosine from the end of warm-up to 0
+        assert lr.warmup_steps == 25 and lr.decay_steps == 75
+        np.testing.assert_allclose(after[0], 0.1, rtol=1e-4)
+        np.testing.assert_allclose(float(lr(100)), 0.0, atol=1e-9)
+        assert after[0] > after[1] > after[2] > 0
+        assert after[2] < 0.1 * 1e-3
+    # The schedule survives a .keras round trip of the optimizer.
+    optimizer = make_optimizer(config, total_steps=100, global_batch=64, steps_per_epoch=25)
+    revived = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    np.testing.assert_allclose(
+        _rates(revived._learning_rate, (0, 12, 60)), _rates(lr, (0, 12, 60)), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("warmup_epochs", "steps_per_epoch", "total", "expected"),
+    [
+        (1.0, 25, 100, 25),
+        (0.5, 25, 100, 12),  # rounded (12.5 to even)
+        (0.5, 27, 100, 14),  # rounded (13.5 to even)
+        (1.0, 25, 10, 9),  # never the whole run: the last update gets the full rate
+        (1.0, 25, 1, 0),  # a one-update run has no warm-up
+        (0.0, 25, 100, 0),
+    ],
+)
+def test_warmup_length(warmup_epochs, steps_per_epoch, total, expected):
+    config = TrainConfig(epochs=4, schedule="step", warmup_epochs=warmup_epochs)
+    lr = make_optimizer(config, total, 64, steps_per_epoch=steps_per_epoch)._learning_rate
+    if expected:
+        assert type(lr) is LinearWarmup and lr.warmup_steps == expected
+    else:
+        assert type(lr) is keras.optimizers.schedules.PiecewiseConstantDecay
+
+
+def test_warmup_epochs_count_in_steps_per_epoch_of_the_run():
+    # Without steps_per_epoch: total_steps / epochs (100 / 4 = 25), at least 1.
+    config = TrainConfig(epochs=4, schedule="step", warmup_epochs=1.0)
+    assert make_optimizer(config, 100, 64)._learning_rate.warmup_steps == 25
+    assert make_optimizer(config, 102, 64)._learning_rate.warmup_steps == 25
+    assert make_optimizer(config, 3, 64)._learning_rate.warmup_steps == 1
+
+
+def test_optimizer_follows_the_paper():
+    config = TrainConfig(epochs=4, schedule="step", warmup_epochs=0)
+    optimizer = make_optimizer(config, total_steps=100, global_batch=128)
+    assert type(optimizer) is keras.optimizers.SGD
+    assert optimizer.nesterov is True and optimizer.momentum == 0.9
+    assert optimizer.weight_decay == 1e-4
+    other = make_optimizer(TrainConfig(momentum=0.5, weight_decay=5e-4), 100, 64)
+    assert other.momentum == 0.5 and other.weight_decay == 5e-4
+    # No decay at all is None, not 0 (Keras then skips the decay step entirely).
+    assert make_optimizer(TrainConfig(weight_decay=0.0), 100, 64).weight_decay is None
+    # Weight decay applies to kernels only, not BN scales and offsets or biases.
+    bn = keras.layers.BatchNormalization()
+    bn.build((None, 4))
+    dense = keras.layers.Dense(2)
+    dense.build((None, 4))
+    conv = keras.layers.Conv2D(2, 1)
+    conv.build((None, 3, 3, 4))
+    variables = bn.trainable_variables + dense.trainable_variables + conv.trainable_variables
+    optimizer.build(variables)
+    decayed = sorted(v.path for v in variables if optimizer._use_weight_decay(v))
+    assert decayed == sorted([dense.kernel.path, conv.kernel.path])
