@@ -145,3 +145,161 @@ def test_cli_export_folds_unless_told_not_to(tmp_path, capsys) -> None:
     assert main(["export", str(path), "--out", str(tmp_path / "m"), "--no-fold-batchnorm"]) == 0
     assert "0 BatchNormalizations folded" in capsys.readouterr().out
     assert read_export_info(tmp_path / "m" / "2")["batchnorm_folded"] == 0
+
+
+# The folding rules on one convolution and its BatchNormalization (milliseconds each).
+
+
+def _randomized(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Every weight random, variances positive: no folded term can hide behind 0 or 1."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        low = 0.5 if "variance" in variable.path else -1.0
+        variable.assign(rng.uniform(low, 1.5, variable.shape))
+    return model
+
+
+def _conv_bn(conv=None, bn=None, *, seed=0):
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv", **(conv or {}))(inputs)
+    x = keras.layers.BatchNormalization(name="conv_bn", **(bn or {}))(x)
+    return _randomized(keras.Model(inputs, keras.layers.ReLU(name="relu")(x), name="pair"), seed)
+
+
+IMAGES = np.random.default_rng(4).normal(0.0, 1.0, (2, 6, 6, 3)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    ("conv", "bn"),
+    [
+        ({"use_bias": False}, {}),
+        ({"use_bias": True}, {}),  # the conv's own bias goes through the BN too
+        ({}, {"scale": False}),
+        ({}, {"center": False}),
+        ({}, {"epsilon": 0.3}),
+        ({}, {"axis": 3}),
+    ],
+)
+def test_a_conv_and_its_batchnorm_fold_exactly(conv, bn):
+    model = _conv_bn(conv, bn)
+    folded = fold_batchnorm(model)
+    assert folded is not model and folded.name == "pair"
+    np.testing.assert_allclose(folded(IMAGES), model(IMAGES, training=False), atol=1e-5)
+    assert isinstance(folded.get_layer("conv_bn"), keras.layers.Identity)
+    assert folded.get_layer("conv_bn").trainable is False
+    assert folded.get_layer("conv").use_bias and batchnorm_count(folded) == 0
+    # The folded kernel and bias: the float64 products, rounded to float32 once.
+    layer = model.get_layer("conv_bn")
+    mean, variance = (np.asarray(v, np.float64) for v in (layer.moving_mean, layer.moving_variance))
+    gamma = np.asarray(layer.gamma, np.float64) if layer.scale else 1.0
+    beta = np.asarray(layer.beta, np.float64) if layer.center else 0.0
+    scale = gamma / np.sqrt(variance + layer.epsilon)
+    source = model.get_layer("conv")
+    bias = np.asarray(source.bias, np.float64) if source.use_bias else 0.0
+    target = folded.get_layer("conv")
+    want_kernel = (np.asarray(source.kernel, np.float64) * scale).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(target.kernel), want_kernel)
+    want_bias = ((bias - mean) * scale + beta).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(target.bias), want_bias)
+
+
+def test_only_pairs_the_rewrite_can_keep_equal_are_folded():
+    class Conv(keras.layers.Conv2D):
+        """A subclass may compute anything: not folded."""
+
+    def model_of(build):
+        inputs = keras.Input((6, 6, 3))
+        return keras.Model(inputs, build(inputs))
+
+    bn = keras.layers.BatchNormalization
+    conv = keras.layers.Conv2D
+    shared_bn = bn(name="shared_bn")
+    shared_conv = conv(3, 1, name="shared_conv")
+    cases = {
+        "activation": lambda x: bn()(conv(4, 3, activation="relu")(x)),
+        "subclass": lambda x: bn()(Conv(4, 3)(x)),
+        "dense": lambda x: bn()(keras.layers.Dense(4)(x)),
+        "not channels": lambda x: bn(axis=1)(conv(4, 3)(x)),
+        "shared batchnorm": lambda x: keras.layers.Add()(
+            [shared_bn(conv(3, 1)(x)), shared_bn(conv(3, 1)(x))]
+        ),
+        "shared conv": lambda x: bn()(shared_conv(shared_conv(x))),
+    }
+    for name, build in cases.items():
+        model = model_of(build)
+        assert fold_batchnorm(model) is model, name
+
+
+def test_a_foldable_pair_beside_one_that_is_not():
+    inputs = keras.Input((6, 6, 3))
+    a = keras.layers.BatchNormalization(name="a_bn")(keras.layers.Conv2D(4, 3, name="a")(inputs))
+    relu = keras.layers.Conv2D(4, 3, activation="relu", name="b")(inputs)
+    b = keras.layers.BatchNormalization(name="b_bn")(relu)
+    model = _randomized(keras.Model(inputs, keras.layers.Concatenate()([a, b])))
+    folded = fold_batchnorm(model)
+    np.testing.assert_allclose(folded(IMAGES), model(IMAGES, training=False), atol=1e-5)
+    assert isinstance(folded.get_layer("a_bn"), keras.layers.Identity)
+    assert isinstance(folded.get_layer("b_bn"), keras.layers.BatchNormalization)
+    for name in ("b", "b_bn"):  # copied as they were
+        assert folded.get_layer(name).get_config() == model.get_layer(name).get_config()
+        for got, want in zip(
+            folded.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_mixed_precision_model_folds_under_its_policy():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _conv_bn()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    folded = fold_batchnorm(model)
+    identity = folded.get_layer("conv_bn")
+    assert identity.dtype_policy.name == "mixed_float16"
+    got, want = folded(IMAGES), model(IMAGES, training=False)
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2)
+
+
+def test_models_without_a_graph_and_models_that_cannot_be_rebuilt_are_refused():
+    sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError) as caught:
+        fold_batchnorm(sequential)
+    assert str(caught.value) == f"`model` must be a functional keras.Model, got {sequential!r}."
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError) as caught:
+        fold_batchnorm(Subclassed(name="sub"))
+    assert str(caught.value) == (
+        "`model` must be a functional keras.Model (it needs a layer graph to rewrite), got "
+        "Subclassed 'sub'."
+    )
+
+    class Unregistered(keras.layers.Layer):
+        """Not registered with Keras, so from_config cannot find it."""
+
+        def call(self, x):
+            return x
+
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, Unregistered()(x), name="custom")
+    with pytest.raises(ValueError) as caught:
+        fold_batchnorm(model)
+    assert str(caught.value).startswith(
+        "Cannot rebuild model 'custom' with BatchNormalization folded: TypeError: "
+    )
+    assert "Unregistered" in str(caught.value)
+
+
+def test_batchnorm_count_includes_nested_models():
+    inner = _conv_bn()
+    inputs = keras.Input((6, 6, 3))
+    outer = keras.Model(inputs, keras.layers.BatchNormalization()(inner(inputs)))
+    assert batchnorm_count(inner) == 1
+    assert batchnorm_count(outer) == 2
+    assert batchnorm_count(keras.Model(inputs, keras.layers.ReLU()(inputs))) == 0

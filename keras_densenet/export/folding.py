@@ -91,8 +91,7 @@ def _folded_config(model: keras.Model, pairs: dict[str, str]) -> dict[str, Any]:
         inner = entry["config"]
         name = inner.get("name")
         if name in convs:
-            inner["use_bias"] = True
-            inner["bias_initializer"] = "zeros"
+            inner["use_bias"] = True  # (its bias is assigned, so its initializer never runs)
         elif name in pairs:
             entry.update(
                 module="keras.layers",
@@ -182,8 +181,7 @@ def batchnorm_count(model: keras.Model) -> int:
     import keras
 
     return sum(
-        isinstance(layer, keras.layers.BatchNormalization)
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        isinstance(layer, keras.layers.BatchNormalization) for layer in model._flatten_layers()
     )
 
 
