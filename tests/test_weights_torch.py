@@ -443,3 +443,22 @@ def test_features_only_and_normalized_models_take_the_features(tmp_path):
         normalization="imagenet",
     )
     load_torch_weights(normalized, net.state_dict())  # the normalization layer has no tensors
+
+
+def test_a_missing_reader_package_is_named(tmp_path, monkeypatch):
+    """The package works without PyTorch; only reading a .pth needs it."""
+    pth, st = tmp_path / "w.pth", tmp_path / "w.safetensors"
+    for path in (pth, st):
+        path.write_bytes(b"\x00" * 8)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    with pytest.raises(ImportError) as caught:
+        read_torch_state_dict(pth)
+    assert str(caught.value) == (
+        f"Reading {str(pth)!r} needs PyTorch (pip install torch), or convert it to .safetensors."
+    )
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(ImportError) as caught:
+        read_torch_state_dict(st)
+    assert str(caught.value) == (
+        "Reading .safetensors files needs the safetensors package: pip install safetensors."
+    )
