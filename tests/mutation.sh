@@ -32,6 +32,8 @@ declare -A TESTS=(
   [training/config]="tests/test_config.py"
   [training/callbacks]="tests/test_callbacks.py"
   [training/resume]="tests/test_resume.py"
+  [training/recipe]="tests/test_recipe.py"
+  [export/folding]="tests/test_folding.py"
   [export/versions]="tests/test_versions.py"
 )
 # Modules that define Keras layers: mutmut 3.8.1 wraps every mutated method with
@@ -52,7 +54,8 @@ KERAS_LAYER_MODULES=(layers)
 # mutmut switches a mutant on, so no test can see one (its counts are checked
 # against ANCHORS.md in tests/test_architecture.py instead).
 MODULES=(_io _validation rundir architecture layers models batchnorm weights
-         training/config training/callbacks training/resume export/versions)
+         training/config training/callbacks training/resume training/recipe
+         export/folding export/versions)
 
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${MODULES[@]}"); fi
 for m in "${selected[@]}"; do

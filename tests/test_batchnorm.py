@@ -412,6 +412,11 @@ def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
     want = (x64 - flat64.mean(0)) / np.sqrt(flat64.var(0) + 0.05) * gamma + beta
     np.testing.assert_allclose(keras.ops.convert_to_numpy(y64), want, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(mean64), flat64.mean(0), rtol=1e-12)
+    # ... and folds them into float64 moving averages without a float32 rounding.
+    wide.moving_mean.assign(np.full(5, 1.0 / 3.0))
+    update_moving_statistics(wide, mean64, variance64)
+    want_mean = np.full(5, 1.0 / 3.0) * 0.99 + flat64.mean(0) * 0.01
+    np.testing.assert_allclose(_stats(wide)[0], want_mean, rtol=1e-13)
 
 
 def test_batchnorm_layers_of_a_layer_itself_and_of_nested_models():
