@@ -48,15 +48,34 @@ def test_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path, text, expec
 def test_an_unreadable_cpuinfo_means_no_bfloat16(tmp_path):
     assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
     assert cpu_has_bfloat16(str(tmp_path)) is False  # a directory
-    assert isinstance(cpu_has_bfloat16(), bool)  # this machine's /proc/cpuinfo
+    # By default it reads Linux's file, whatever this machine's CPU is.
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    assert cpu_has_bfloat16() is ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def test_gpu_capabilities_list_the_visible_gpus():
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """TensorFlow reports two GPUs of compute capability 8.0 and 7.5 (none are needed)."""
     import tensorflow as tf
 
-    found = recipe.gpu_compute_capabilities()
-    assert len(found) == len(tf.config.list_physical_devices("GPU"))
-    assert all(isinstance(c, tuple) and len(c) == 2 for c in found)
+    gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
+    details = {gpus[0].name: {"compute_capability": (8, 0)}, gpus[1].name: {}}
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details[d.name])
+    return gpus
+
+
+def test_gpu_capabilities_list_the_visible_gpus(two_gpus):
+    # A GPU whose details lack a capability counts as (0, 0): too old for tensor cores.
+    assert recipe.gpu_compute_capabilities() == [(8, 0), (0, 0)]
+
+
+def test_auto_settings_ask_tensorflow_for_gpus(two_gpus, monkeypatch):
+    assert resolve_precision("auto") == "float32"  # one GPU without tensor cores
+    assert resolve_jit_compile("auto") is True  # but GPUs: XLA
+    monkeypatch.setattr(recipe, "gpu_compute_capabilities", lambda: [(8, 0), (9, 0)])
+    assert resolve_precision("auto") == "mixed_float16"
 
 
 @pytest.mark.parametrize(
@@ -76,12 +95,7 @@ def test_auto_precision_follows_the_hardware(gpus, expected):
         assert resolve_precision(fixed, gpus=gpus) == fixed
 
 
-def test_auto_precision_asks_the_backend_for_gpus():
-    gpus = recipe.gpu_compute_capabilities()
-    assert resolve_precision("auto") == resolve_precision("auto", gpus=gpus)
-
-
-def test_dtype_policy_is_set_for_a_block_and_restored_after_an_error():
+def test_dtype_policy_is_set_for_a_block_and_restored_after_an_error(monkeypatch):
     assert keras.config.dtype_policy().name == "float32"
     with recipe.dtype_policy("mixed_bfloat16"):
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
@@ -90,8 +104,10 @@ def test_dtype_policy_is_set_for_a_block_and_restored_after_an_error():
         assert keras.config.dtype_policy().name == "mixed_float16"
         raise RuntimeError("inside")
     assert keras.config.dtype_policy().name == "float32"
+    monkeypatch.setattr(recipe, "gpu_compute_capabilities", lambda: [(8, 0)])
     with recipe.dtype_policy("auto"):  # resolved, not set as "auto"
-        assert keras.config.dtype_policy().name == resolve_precision("auto")
+        assert keras.config.dtype_policy().name == "mixed_float16"
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_a_mirrored_strategy_only_when_asked_and_on_tensorflow(monkeypatch):
@@ -111,8 +127,9 @@ def test_a_mirrored_strategy_only_when_asked_and_on_tensorflow(monkeypatch):
     )
 
 
-def test_data_parallel_needs_the_jax_backend():
+def test_data_parallel_needs_the_jax_backend(monkeypatch):
     # (tests/test_backends.py runs it on JAX.)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     with pytest.raises(ValueError) as caught:
         recipe.data_parallel(TrainConfig())
     assert str(caught.value) == (
@@ -151,8 +168,8 @@ def test_jit_compile_modes():
 def test_auto_jit_compile_asks_tensorflow_and_follows_other_backends(monkeypatch):
     import tensorflow as tf
 
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    assert resolve_jit_compile("auto") is (gpus > 0)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert resolve_jit_compile("auto") is False  # no GPU: no XLA (see two_gpus for GPUs)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert resolve_jit_compile("auto", gpus=0) is True  # JAX compiles everything with XLA
     assert resolve_jit_compile("auto", strategy=object()) is False
