@@ -252,7 +252,7 @@ class BatchNormRecalibrator:
         for i, bn in enumerate(self.layers):
             mean = sums[i][0] / count
             variance = np.maximum(sums[i][1] / count - np.square(mean), 0.0)
-            # (assign casts to the variable's dtype, float32 under every policy)
+            # (assign casts to the variable's dtype: float32 under the mixed policies)
             bn.moving_mean.assign(mean)
             bn.moving_variance.assign(variance)
         return count

@@ -64,6 +64,21 @@ def run_command(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["keras-densenet", *args], code, out, err)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _full_float32_on_gpus():
+    """Float32 computed as float32 on GPUs too.
+
+    On Ampere and newer GPUs TensorFlow runs float32 convolutions and matrix
+    products in TF32 (a 10-bit mantissa) by default; the tests compare float32
+    results at about 1e-5. No effect on a CPU.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy():
     """Every test starts and ends under the float32 policy."""

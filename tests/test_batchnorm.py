@@ -392,12 +392,18 @@ def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
     update_moving_statistics(ours, mean, variance)
     for a, b in zip(_stats(ours), _stats(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # Half-precision inputs: computed in float32, returned in the layer's dtype.
+    # Half-precision inputs: computed in float32, returned in the layer's dtype,
+    # whatever floatx is.
     half = keras.layers.BatchNormalization(dtype="mixed_float16")
     half.build(x.shape)
-    y16, mean16, _ = batch_norm_pure(half, x.astype("float16"))
-    assert keras.backend.standardize_dtype(y16.dtype) == "float16"
-    assert keras.backend.standardize_dtype(mean16.dtype) == "float32"
+    for floatx in ("float32", "float16"):
+        keras.config.set_floatx(floatx)
+        try:
+            y16, mean16, _ = batch_norm_pure(half, x.astype("float16"))
+        finally:
+            keras.config.set_floatx("float32")
+        assert keras.backend.standardize_dtype(y16.dtype) == "float16"
+        assert keras.backend.standardize_dtype(mean16.dtype) == "float32"
     # A float64 layer computes in float64 throughout (no float32 on the way).
     wide = keras.layers.BatchNormalization(dtype="float64", epsilon=0.05)
     wide.build(x.shape)
@@ -453,11 +459,23 @@ def test_moments_are_summed_in_float64():
     np.testing.assert_allclose(variance, data.astype(np.float64).var(0), rtol=2e-3)
 
 
-def test_the_forward_pass_is_traced_once_per_shape_family_on_tensorflow():
-    """Ragged last batches do not retrace the compiled pass for every size."""
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function tracing")
+def test_ragged_batches_trace_the_forward_pass_twice_not_once_per_size():
+    """The first shape, then one relaxed shape for every other batch size."""
     from keras_densenet.batchnorm import BatchNormRecalibrator
 
     recalibrator = BatchNormRecalibrator(_bn_model())
     data = RNG.normal(0.0, 1.0, (60, 3)).astype("float32")
     assert recalibrator(iter([data[:30], data[30:50], data[50:]]), None) == 60
     assert recalibrator._forward._fn.experimental_get_tracing_count() == 2
+
+
+def test_recalibration_needs_no_pytorch_on_other_backends(monkeypatch):
+    """PyTorch is not a dependency: only the PyTorch backend may import it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    model = _bn_model()
+    data = RNG.normal(2.0, 1.0, (16, 3)).astype("float32")
+    assert recalibrate_batchnorm(model, data, steps=None) == 16
+    np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[0], data.mean(0), rtol=1e-5)

@@ -41,6 +41,7 @@ def test_write_text_is_utf8(tmp_path):
 def test_read_json_is_utf8_whatever_the_locale(tmp_path):
     path = tmp_path / "summary.json"
     path.write_bytes(json.dumps({"class": "Ärmel"}, ensure_ascii=False).encode())
+    assert _io.read_json(path) == {"class": "Ärmel"}  # here (and mutmut sees the call)
     # Under the C locale without UTF-8 mode Python's default encoding is ASCII.
     # The child imports this very copy of the package (a mutation run's included).
     env = c_locale_env(_io)

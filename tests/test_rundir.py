@@ -431,11 +431,10 @@ def test_epochs_done_reads_the_backup_exactly(tmp_path):
     pathlib.Path(weights).write_bytes(bytes(data))
     with pytest.raises(ValueError) as err:
         rundir.epochs_done(tmp_path)
-    assert str(err.value) == (
-        f"The backup weights file {weights!r} is truncated or corrupted (Object visitation "
-        "failed (bad object header version number)); remove the backup/ directory to restart "
-        "the run from scratch."
-    )
+    message = str(err.value)  # (the middle is HDF5's own words, which vary by version)
+    assert message.startswith(f"The backup weights file {weights!r} is truncated or corrupted (")
+    assert message.endswith("); remove the backup/ directory to restart the run from scratch.")
+    assert "object header" in message.lower()
 
 
 def test_history_cells_and_rewrites_exactly(tmp_path):
@@ -466,6 +465,8 @@ def test_history_cells_and_rewrites_exactly(tmp_path):
 def test_history_is_utf8_whatever_the_locale(tmp_path):
     path = tmp_path / rundir.HISTORY
     path.write_bytes("epoch,Ärmel_accuracy\n0,0.5\n".encode())
+    expected = {"epoch": [0.0], "Ärmel_accuracy": [0.5]}
+    assert rundir.read_history(path) == expected  # here (and mutmut sees the call)
     env = c_locale_env(rundir)
     code = (
         "import sys; sys.argv[0] = 'keras-densenet'\n"  # no Keras import
@@ -474,7 +475,7 @@ def test_history_is_utf8_whatever_the_locale(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == ascii({"epoch": [0.0], "Ärmel_accuracy": [0.5]})
+    assert out.stdout.strip() == ascii(expected)
 
 
 def test_writable_dir_messages_and_an_existing_directory(tmp_path):

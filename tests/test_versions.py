@@ -106,14 +106,26 @@ def test_pid_alive(monkeypatch):
     # Asking must not disturb a live process (signal 0 only checks); asked
     # about another process first, so a real signal fails this test rather
     # than killing the test process itself.
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # The child puts every signal back to its default action first (a run under
+    # nohup inherits SIGHUP ignored), so any real signal shows.
+    code = (
+        "import signal, time\n"
+        "for s in signal.valid_signals():\n"
+        "    try: signal.signal(s, signal.SIG_DFL)\n"
+        "    except (OSError, ValueError): pass\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"
         assert versions._pid_alive(child.pid)
         with pytest.raises(subprocess.TimeoutExpired):
             child.wait(timeout=0.5)
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
     assert versions._pid_alive(os.getpid())
     dead = _dead_pid()
     assert not versions._pid_alive(dead)

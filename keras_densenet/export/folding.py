@@ -91,7 +91,7 @@ def _folded_config(model: keras.Model, pairs: dict[str, str]) -> dict[str, Any]:
         inner = entry["config"]
         name = inner.get("name")
         if name in convs:
-            inner["use_bias"] = True  # (its bias is assigned, so its initializer never runs)
+            inner["use_bias"] = True  # (its initial bias is overwritten by the folded one)
         elif name in pairs:
             entry.update(
                 module="keras.layers",
