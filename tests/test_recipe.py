@@ -5,9 +5,14 @@ Milliseconds each: no model is trained here (tests/test_training.py trains).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
+from conftest import same_package_env
 
 from keras_densenet.training import TrainConfig, make_optimizer, recipe, resolve_precision
 from keras_densenet.training.recipe import (
@@ -61,7 +66,12 @@ def two_gpus(monkeypatch):
 
     gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
     details = {gpus[0].name: {"compute_capability": (8, 0)}, gpus[1].name: {}}
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
+    cpu = tf.config.PhysicalDevice("/physical_device:CPU:0", "CPU")
+
+    def devices(kind=None):  # as TensorFlow answers: by exact type, None for all
+        return [d for d in [cpu, *gpus] if kind is None or d.device_type == kind]
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", devices)
     monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details[d.name])
     return gpus
 
@@ -69,6 +79,28 @@ def two_gpus(monkeypatch):
 def test_gpu_capabilities_list_the_visible_gpus(two_gpus):
     # A GPU whose details lack a capability counts as (0, 0): too old for tensor cores.
     assert recipe.gpu_compute_capabilities() == [(8, 0), (0, 0)]
+
+
+def test_gpu_capabilities_on_jax_and_pytorch(monkeypatch):
+    import types
+
+    import jax
+    import torch
+
+    fake = [
+        types.SimpleNamespace(platform="cpu"),
+        types.SimpleNamespace(platform="gpu", compute_capability="8.6"),
+        types.SimpleNamespace(platform="gpu", compute_capability="10.0"),
+    ]
+    monkeypatch.setattr(jax, "devices", lambda: fake)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert recipe.gpu_compute_capabilities() == [(8, 6), (10, 0)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: [(7, 5), (9, 0)][i])
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    assert recipe.gpu_compute_capabilities() == [(7, 5), (9, 0)]
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    assert recipe.gpu_compute_capabilities() == []
 
 
 def test_auto_settings_ask_tensorflow_for_gpus(two_gpus, monkeypatch):
@@ -125,6 +157,54 @@ def test_a_mirrored_strategy_only_when_asked_and_on_tensorflow(monkeypatch):
         "`distribute='mirrored'` needs the TensorFlow backend (KERAS_BACKEND is 'jax'); use "
         "distribute='data_parallel' on JAX."
     )
+
+
+DATA_PARALLEL = """
+import json
+import jax
+import keras
+from keras_densenet.training import TrainConfig, recipe
+counts = [recipe.data_parallel(TrainConfig()) for _ in range(2)]  # joining happens once
+distribution = keras.distribution.distribution()
+print("RESULT" + json.dumps({
+    "counts": counts, "kind": type(distribution).__name__,
+    "mesh": int(distribution.device_mesh.devices.size),
+    "joined": jax.distributed.is_initialized(),
+}))
+"""
+
+
+@pytest.mark.parametrize("multi_host", [False, True])
+def test_data_parallel_on_jax_splits_over_every_device(multi_host):
+    """Two JAX CPU devices; with the multi-host variables, one joined runtime of one process."""
+    import socket
+
+    import keras_densenet
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hosts = {
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "1",
+        "KERAS_DISTRIBUTION_PROCESS_ID": "0",
+    }
+    env = same_package_env(
+        keras_densenet,
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        **(hosts if multi_host else {}),
+    )
+    for name in () if multi_host else hosts:
+        env.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT"))
+    got = json.loads(line[len("RESULT") :])
+    assert got == {"counts": [2, 2], "kind": "DataParallel", "mesh": 2, "joined": multi_host}
 
 
 def test_data_parallel_needs_the_jax_backend(monkeypatch):
@@ -291,6 +371,25 @@ def test_warmup_length(warmup_epochs, steps_per_epoch, total, expected):
         assert type(lr) is LinearWarmup and lr.warmup_steps == expected
     else:
         assert type(lr) is keras.optimizers.schedules.PiecewiseConstantDecay
+
+
+def test_cosine_after_warmup_reaches_zero_at_the_last_update():
+    config = TrainConfig(epochs=2, schedule="cosine", warmup_epochs=1.0, learning_rate=0.1)
+    lr = make_optimizer(config, total_steps=2, global_batch=64, steps_per_epoch=1)._learning_rate
+    assert lr.warmup_steps == 1 and lr.decay_steps == 1
+    np.testing.assert_allclose(_rates(lr, (0, 1, 2)), [0.1, 0.1, 0.0], atol=1e-9)
+
+
+def test_linear_warmup_counts_steps_in_float32_whatever_floatx_is():
+    warm = LinearWarmup(
+        keras.optimizers.schedules.PiecewiseConstantDecay([10**6], [1.0, 1.0]), 5000
+    )
+    keras.config.set_floatx("float16")  # 4097 is not a float16 number
+    try:
+        rate = float(warm(4097))
+    finally:
+        keras.config.set_floatx("float32")
+    np.testing.assert_allclose(rate, 1 / 5000 + (1 - 1 / 5000) * 4097 / 5000, rtol=1e-6)
 
 
 def test_warmup_epochs_count_in_steps_per_epoch_of_the_run():

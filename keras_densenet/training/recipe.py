@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from keras_densenet._validation import check_int
+from keras_densenet._validation import check_positive_int
 from keras_densenet.training.config import JIT_MODES, TrainConfig
 
 #: The paper's batch size: the learning rate scales linearly from it.
@@ -37,7 +37,7 @@ def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """
     try:
         with open(cpuinfo) as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -229,7 +229,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, schedule: Any, warmup_steps: int) -> None:
         self.schedule = schedule
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, 1)
+        self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
 
     def __call__(self, step: Any) -> Any:
         step = keras.ops.cast(step, "float32")
