@@ -203,31 +203,56 @@ def test_a_conv_and_its_batchnorm_fold_exactly(conv, bn):
     np.testing.assert_array_equal(np.asarray(target.bias), want_bias)
 
 
+@keras.saving.register_keras_serializable(package="test_folding")
+class Conv(keras.layers.Conv2D):
+    """A subclass may compute anything: not folded."""
+
+
+@keras.saving.register_keras_serializable(package="test_folding")
+class Norm(keras.layers.BatchNormalization):
+    """Nor is a BatchNormalization subclass."""
+
+
 def test_only_pairs_the_rewrite_can_keep_equal_are_folded():
-    class Conv(keras.layers.Conv2D):
-        """A subclass may compute anything: not folded."""
-
-    def model_of(build):
-        inputs = keras.Input((6, 6, 3))
-        return keras.Model(inputs, build(inputs))
-
     bn = keras.layers.BatchNormalization
     conv = keras.layers.Conv2D
     shared_bn = bn(name="shared_bn")
     shared_conv = conv(3, 1, name="shared_conv")
     cases = {
-        "activation": lambda x: bn()(conv(4, 3, activation="relu")(x)),
-        "subclass": lambda x: bn()(Conv(4, 3)(x)),
-        "dense": lambda x: bn()(keras.layers.Dense(4)(x)),
-        "not channels": lambda x: bn(axis=1)(conv(4, 3)(x)),
-        "shared batchnorm": lambda x: keras.layers.Add()(
+        "activation": lambda x, m: bn()(conv(4, 3, activation="relu")(x)),
+        "subclass": lambda x, m: bn()(Conv(4, 3)(x)),
+        "batchnorm subclass": lambda x, m: Norm()(conv(4, 3)(x)),
+        "dense": lambda x, m: bn()(keras.layers.Dense(4)(x)),
+        "not channels": lambda x, m: bn(axis=1)(conv(4, 3)(x)),
+        "masked": lambda x, m: bn()(conv(4, 1)(x), mask=m),  # Identity takes no mask
+        "shared batchnorm": lambda x, m: keras.layers.Add()(
             [shared_bn(conv(3, 1)(x)), shared_bn(conv(3, 1)(x))]
         ),
-        "shared conv": lambda x: bn()(shared_conv(shared_conv(x))),
+        "shared conv": lambda x, m: bn()(shared_conv(shared_conv(x))),
     }
     for name, build in cases.items():
-        model = model_of(build)
-        assert fold_batchnorm(model) is model, name
+        inputs, mask = keras.Input((6, 6, 3)), keras.Input((6, 6), dtype="bool")
+        unfoldable = build(inputs, mask)
+        alone = keras.Model([inputs, mask], unfoldable)
+        assert fold_batchnorm(alone) is alone, name
+        # Beside a foldable pair that comes after it, the pair is still folded.
+        pair = keras.layers.BatchNormalization(name="last_bn")(
+            keras.layers.Conv2D(2, 1, name="last")(inputs)
+        )
+        both = fold_batchnorm(keras.Model([inputs, mask], [unfoldable, pair]))
+        assert isinstance(both.get_layer("last_bn"), keras.layers.Identity), name
+        assert batchnorm_count(both) == batchnorm_count(alone), name
+
+
+def test_a_dense_layer_outside_a_block_folds_too():
+    inputs = keras.Input((6, 6, 8))
+    outputs = DenseLayer(4, bottleneck=True, name="layer")(inputs)
+    model = _randomized(keras.Model(inputs, outputs))
+    folded = fold_batchnorm(model)
+    layer = folded.get_layer("layer")
+    assert layer.folded and layer.bn2 is None and layer.conv1.use_bias
+    x = np.random.default_rng(5).normal(size=(2, 6, 6, 8)).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x, training=False), atol=1e-5)
 
 
 def test_a_foldable_pair_beside_one_that_is_not():

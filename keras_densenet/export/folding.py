@@ -36,8 +36,8 @@ def _scale_and_shift(bn: Any) -> tuple[np.ndarray, np.ndarray]:
     variance = _array(bn.moving_variance)
     gamma = _array(bn.gamma) if bn.scale else 1.0
     beta = _array(bn.beta) if bn.center else 0.0
-    scale = gamma / np.sqrt(variance + bn.epsilon)
-    return scale * np.ones_like(mean), beta - mean * scale
+    scale = gamma / np.sqrt(variance + bn.epsilon)  # per channel: variance is an array
+    return scale, beta - mean * scale
 
 
 def _assign_folded(target: Any, conv: Any, bn: Any) -> None:
@@ -45,8 +45,8 @@ def _assign_folded(target: Any, conv: Any, bn: Any) -> None:
     scale, shift = _scale_and_shift(bn)
     kernel = _array(conv.kernel)
     bias = _array(conv.bias) if conv.use_bias else 0.0
-    target.kernel.assign((kernel * scale).astype(np.float32))
-    target.bias.assign((bias * scale + shift).astype(np.float32))
+    target.kernel.assign(kernel * scale)  # (assign rounds to the variable's float32 once)
+    target.bias.assign(bias * scale + shift)
 
 
 def _copy_weights(target: Any, source: Any) -> None:
@@ -59,7 +59,7 @@ def _foldable_pairs(model: keras.Model) -> dict[str, str]:
 
     pairs = {}
     for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization):
+        if type(layer) is not keras.layers.BatchNormalization:  # a subclass may differ
             continue
         if len(layer._inbound_nodes) != 1 or layer.axis not in (-1, 3):
             continue
@@ -99,7 +99,7 @@ def _folded_config(model: keras.Model, pairs: dict[str, str]) -> dict[str, Any]:
                 registered_name=None,
                 config={"name": name, "trainable": False, "dtype": inner.get("dtype")},
             )
-            for node in entry.get("inbound_nodes", []):
+            for node in entry["inbound_nodes"]:
                 node["kwargs"] = {}  # Identity takes no `training` or `mask`
         elif name in dense:
             inner["folded"] = True
