@@ -175,9 +175,18 @@ print("RESULT" + json.dumps({
 
 
 @pytest.mark.parametrize("multi_host", [False, True])
-def test_data_parallel_on_jax_splits_over_every_device(multi_host):
-    """Two JAX CPU devices; with the multi-host variables, one joined runtime of one process."""
+def test_data_parallel_on_jax_splits_over_every_device(multi_host, monkeypatch):
+    """Refused on TensorFlow; on JAX with two CPU devices, split over both (with the
+    multi-host variables, after joining a runtime of one process, once)."""
     import socket
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    with pytest.raises(ValueError) as caught:
+        recipe.data_parallel(TrainConfig())
+    assert str(caught.value) == (
+        "`distribute='data_parallel'` needs the JAX backend (KERAS_BACKEND=jax); the backend "
+        "is 'tensorflow'. On TensorFlow use 'mirrored'."
+    )
 
     import keras_densenet
 
@@ -205,17 +214,6 @@ def test_data_parallel_on_jax_splits_over_every_device(multi_host):
     line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT"))
     got = json.loads(line[len("RESULT") :])
     assert got == {"counts": [2, 2], "kind": "DataParallel", "mesh": 2, "joined": multi_host}
-
-
-def test_data_parallel_needs_the_jax_backend(monkeypatch):
-    # (tests/test_backends.py runs it on JAX.)
-    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
-    with pytest.raises(ValueError) as caught:
-        recipe.data_parallel(TrainConfig())
-    assert str(caught.value) == (
-        "`distribute='data_parallel'` needs the JAX backend (KERAS_BACKEND=jax); the backend "
-        "is 'tensorflow'. On TensorFlow use 'mirrored'."
-    )
 
 
 # XLA.
