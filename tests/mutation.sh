@@ -49,6 +49,11 @@ declare -A TESTS=(
 # file must run no TensorFlow op: build layers and models inside the tests, never in
 # a parametrize list or at module level. (`python -c` with pytest --collect-only and
 # a count of /proc/self/task before and after shows it: 3 threads is clean, 8 is not.)
+# mutmut runs a mutant only against the tests that called the mutated function in
+# their own process (its "stats" run): a test that checks a function only in a child
+# process (a JAX or PyTorch backend, a C locale) must also call it in-process, or
+# mutmut never runs it for that function's mutants. The child imports the scratch
+# copy (conftest.same_package_env) and inherits the mutant's environment variable.
 KERAS_LAYER_MODULES=(layers)
 # presets.py is left out: its table is built when the module is imported, before
 # mutmut switches a mutant on, so no test can see one (its counts are checked
