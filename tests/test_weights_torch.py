@@ -348,11 +348,35 @@ def test_reading_refuses_what_is_not_a_state_dict(tmp_path):
     with pytest.raises(ValueError) as caught:
         read_torch_state_dict(text)
     message = str(caught.value)
-    assert message.startswith(
+    prefix = (
         f"{str(text)!r} is not a readable PyTorch state dict (truncated, another format, or a "
         "pickle of objects other than tensors): UnpicklingError: "
     )
-    assert "\n" not in message
+    assert message.startswith(prefix)
+    assert "\n" not in message and len(message) > len(prefix)  # PyTorch's first line follows
+
+
+class _RunsCodeWhenUnpickled:
+    """What a malicious checkpoint holds: unpickling it calls a function."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    marker = str(tmp_path / "ran")
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "payload": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(ValueError) as caught:
+        read_torch_state_dict(path)
+    assert str(caught.value).startswith(
+        f"{str(path)!r} is not a readable PyTorch state dict (truncated, another format, or a "
+        "pickle of objects other than tensors): UnpicklingError: "
+    )
+    assert not os.path.exists(marker)  # torch.load(weights_only=True) never called it
 
 
 def test_torch_names_of_every_layer_kind():
