@@ -486,3 +486,45 @@ def test_feature_outputs_need_a_headless_model():
         build_densenet(**TINY, feature_outputs=True)
     with pytest.raises(ValueError, match="pooling=None"):
         build_densenet(**TINY, include_top=False, pooling="avg", feature_outputs=True)
+
+
+def test_normalization_needs_one_mean_and_one_positive_std_per_channel():
+    shape = {"blocks": (2, 2), "growth_rate": 4, "input_shape": (8, 8, 3)}
+    for mean, std in (
+        ([0, 0, 0], [1, 1]),  # a std short
+        ([0, 0], [1, 1, 1]),  # a mean short
+        ([0, 0, 0], [1, 0, 1]),
+        ([0, 0, 0], [1, -2, 1]),
+    ):
+        with pytest.raises(ValueError) as caught:
+            build_densenet(**shape, normalization=(mean, std))
+        assert str(caught.value) == (
+            "`normalization` needs 3 means and 3 positive stds (one per input channel), got "
+            f"mean={[float(v) for v in mean]}, std={[float(v) for v in std]}."
+        )
+    for bad in ((1, 2), ([0, 0, 0], [1, 1, 1], [2, 2, 2]), ([0, "a", 0], [1, 1, 1])):
+        with pytest.raises(ValueError) as caught:
+            build_densenet(**shape, normalization=bad)
+        assert str(caught.value) == (
+            f"`normalization` must be a (mean, std) pair of per-channel sequences, got {bad!r}."
+        )
+    # Stds below 1 are as good as any positive ones.
+    model = build_densenet(**shape, normalization=([1.0, 2.0, 3.0], [0.25, 0.5, 4.0]))
+    normalized = keras.Model(model.input, model.get_layer("normalization").output)
+    x = np.full((1, 8, 8, 3), 2.0, "float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normalized(x))[0, 0, 0], [4.0, 0.0, -0.25], rtol=1e-5
+    )
+
+
+def test_default_names_say_what_was_built():
+    assert build_densenet(blocks=(2, 2), input_shape=(16, 16, 3)).name == "densenet11"
+    assert build_densenet(blocks=(2, 2), name="mine", input_shape=(16, 16, 3)).name == "mine"
+    # A preset keeps its own name where the paper's naming would say otherwise.
+    assert build_densenet("densenet161", include_top=False, input_shape=(32, 32, 3)).name == (
+        "densenet161"
+    )
+    changed = build_densenet(
+        "densenet161", growth_rate=8, include_top=False, input_shape=(32, 32, 3)
+    )
+    assert changed.name == "densenet161_k8"
