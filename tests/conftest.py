@@ -39,6 +39,15 @@ def same_package_env(module, **extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=package_root, **extra)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def c_locale_env(module) -> dict:
     """An environment whose default encoding is ASCII (C locale, no UTF-8 mode),
     importing this copy of the package (`same_package_env`)."""

@@ -12,7 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import same_package_env
+from conftest import free_port, same_package_env
 
 from keras_densenet.training import TrainConfig, make_optimizer, recipe, resolve_precision
 from keras_densenet.training.recipe import (
@@ -178,8 +178,6 @@ print("RESULT" + json.dumps({
 def test_data_parallel_on_jax_splits_over_every_device(multi_host, monkeypatch):
     """Refused on TensorFlow; on JAX with two CPU devices, split over both (with the
     multi-host variables, after joining a runtime of one process, once)."""
-    import socket
-
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     with pytest.raises(ValueError) as caught:
         recipe.data_parallel(TrainConfig())
@@ -190,11 +188,8 @@ def test_data_parallel_on_jax_splits_over_every_device(multi_host, monkeypatch):
 
     import keras_densenet
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     hosts = {
-        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": "1",
         "KERAS_DISTRIBUTION_PROCESS_ID": "0",
     }

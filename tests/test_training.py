@@ -14,6 +14,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import free_port
 
 from keras_densenet.training import (
     TrainConfig,
@@ -322,14 +323,6 @@ DATA_PARALLEL = textwrap.dedent(
 )
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_jax_data_parallel_two_hosts_on_localhost(tmp_path):
     """Two processes, one JAX CPU device each, joined by keras.distribution.initialize."""
     out = str(tmp_path / "dp")
@@ -337,7 +330,7 @@ def test_jax_data_parallel_two_hosts_on_localhost(tmp_path):
         **os.environ,
         "KERAS_BACKEND": "jax",
         "JAX_PLATFORMS": "cpu",
-        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{_free_port()}",
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
     }
     procs = [

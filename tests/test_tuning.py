@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from conftest import free_port
 
 from keras_densenet import tuning
 from keras_densenet.cli import main, parse_assignments
@@ -603,9 +603,7 @@ _DISTRIBUTED = textwrap.dedent(
 
 @pytest.mark.slow
 def test_chief_and_two_workers_share_one_search(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "distributed")
     kwargs = {
         "base": BASE,
