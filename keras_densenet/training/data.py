@@ -1,8 +1,9 @@
 """A training run's datasets: training, validation, test and recalibration splits.
 
 `load_training_data` loads every split a `TrainConfig` asks for, in the 0..255
-scale (the model normalizes itself), and refuses splits whose classes differ
-before anything is trained.
+scale (the model normalizes itself). A missing test split, or splits whose
+classes differ (the image-folder source compares them; TFDS and IDX splits share
+their class names), is refused here, before anything is trained.
 """
 
 from __future__ import annotations
@@ -83,12 +84,6 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
         if fraction
         else (test_ds, test_info)
     )
-    for other in (test_info, val_info):
-        if other.class_names != info.class_names:
-            raise ValueError(
-                f"The {other.split} split of {config.dataset!r} has classes "
-                f"{list(other.class_names)}, the training split {list(info.class_names)}."
-            )
     recalibration = None
     if config.bn_recalibrate_steps:
         # The images the model is evaluated on are not augmented: neither are
