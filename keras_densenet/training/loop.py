@@ -199,8 +199,11 @@ def _callbacks(
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
-            # A resumed run's best.keras must beat its earlier epochs too.
-            initial_value_threshold=max(kept.get("val_accuracy") or [None], key=_or_minus_inf),
+            # A resumed run's best.keras must beat its earlier epochs too (a NaN
+            # threshold would refuse every later epoch).
+            initial_value_threshold=max(
+                (v for v in kept.get("val_accuracy", []) if not math.isnan(v)), default=None
+            ),
         ),
         AtomicModelCheckpoint(os.path.join(out, rundir.LAST)),
         AtomicBackupAndRestore(os.path.join(out, rundir.BACKUP)),
@@ -283,10 +286,6 @@ def describe_run(
         f"{model.dtype_policy.name}, XLA {'on' if jit else 'off'} | "
         f"{config.out}{resumed}"
     )
-
-
-def _or_minus_inf(value: float | None) -> float:
-    return -math.inf if value is None or math.isnan(value) else value
 
 
 __all__ = [
