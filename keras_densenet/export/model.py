@@ -199,8 +199,9 @@ def with_serving_dtype(model: keras.Model, serving_dtype: str | None = None) -> 
     import keras_densenet.layers  # noqa: F401  (registers the layers for from_config)
 
     policy = keras.mixed_precision.DTypePolicy(_POLICY_OF[serving_dtype])
-    config = _set_policies(model.get_config(), keras.saving.serialize_keras_object(policy))
     try:
+        # A subclassed model without get_config fails already here.
+        config = _set_policies(model.get_config(), keras.saving.serialize_keras_object(policy))
         rebuilt = model.__class__.from_config(config)
     except Exception as err:
         raise ValueError(
