@@ -105,6 +105,38 @@ def assert_saved_model_round_trip(model: keras.Model, path: str, inputs: np.ndar
     return reloaded
 
 
+#: The hand-set "levels" classifier: logits = mean grey level (0..1) x W + B.
+LEVELS_W = np.array([[-4.0, 0.0, 4.0]], np.float32)
+LEVELS_B = np.array([2.0, 0.5, -2.0], np.float32)
+LEVELS_NAMES = ["dark", "grey", "light"]
+
+
+def levels_model(channels: int = 1, size: int = 4) -> keras.Model:
+    """A classifier of raw pixels whose probabilities `levels_probabilities` knows.
+
+    It answers from the mean grey level alone ("dark", "grey", "light"), so
+    predictions and exports are checked against numbers computed in numpy.
+    """
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if channels > 1:
+        x = keras.layers.Dense(1, use_bias=False, name="mix")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name="levels")
+    model.get_layer("predictions").set_weights([LEVELS_W, LEVELS_B])
+    if channels > 1:
+        model.get_layer("mix").set_weights([np.full((channels, 1), 1 / channels, np.float32)])
+    return model
+
+
+def levels_probabilities(level: float) -> np.ndarray:
+    """`levels_model`'s probabilities for an image of one grey level (0..255)."""
+    logits = level / 255 * LEVELS_W[0] + LEVELS_B
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
 # ---------------------------------------------------------------------------
 # tests/RELIABILITY.md: generated from the reliability tests of each full run.
 

@@ -15,34 +15,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import LEVELS_NAMES, levels_model, levels_probabilities
 
 from keras_densenet import rundir
 from keras_densenet.export import export_savedmodel, predict
 
-#: Dense weights: logits = level * W + b for the mean level in 0..1 units.
-W = np.array([[-4.0, 0.0, 4.0]], np.float32)
-B = np.array([2.0, 0.5, -2.0], np.float32)
-NAMES = ["dark", "grey", "light"]
-
-
-def _model(channels: int = 1) -> keras.Model:
-    inputs = keras.Input((4, 4, channels))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    if channels > 1:
-        x = keras.layers.Dense(1, use_bias=False, name="mix")(x)
-    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
-    model = keras.Model(inputs, outputs, name="levels")
-    model.get_layer("predictions").set_weights([W, B])
-    if channels > 1:
-        model.get_layer("mix").set_weights([np.full((channels, 1), 1 / channels, np.float32)])
-    return model
-
-
-def _expected(level: float) -> np.ndarray:
-    logits = level / 255 * W[0] + B
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
+NAMES = LEVELS_NAMES
+_model = levels_model
+_expected = levels_probabilities
 
 
 def _image(level: int, size: int = 4, channels: int = 1) -> np.ndarray:
@@ -90,7 +70,7 @@ def test_top_k_is_capped_at_the_number_of_classes_and_names_default_to_indices()
 
 def test_ties_keep_the_class_order() -> None:
     model = _model()
-    model.get_layer("predictions").set_weights([np.zeros_like(W), np.zeros_like(B)])
+    model.get_layer("predictions").set_weights([np.zeros((1, 3)), np.zeros(3)])
     (got,) = predict(model, _image(9), class_names=NAMES)
     assert [name for name, _ in got] == NAMES
     np.testing.assert_allclose([p for _, p in got], 1 / 3, rtol=1e-6)
