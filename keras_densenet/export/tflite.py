@@ -168,6 +168,8 @@ def equalize_concatenations(model: keras.Model, samples: np.ndarray) -> keras.Mo
     maxima = [np.zeros(int(layers[i].output.shape[-1]), np.float32) for i in positions]
     for start in range(0, len(samples), PREDICT_BATCH):
         outputs = probe(samples[start : start + PREDICT_BATCH], training=False)
+        if len(positions) == 1:  # a one-output model returns its tensor, not a list
+            outputs = [outputs]
         for maximum, out in zip(maxima, outputs, strict=True):
             values = np.abs(keras.ops.convert_to_numpy(out)).astype(np.float32)
             np.maximum(maximum, values.max(axis=(0, 1, 2)), out=maximum)
