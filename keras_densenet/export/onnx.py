@@ -59,7 +59,8 @@ def export_onnx(
     Args:
         model: A ``keras.Model``, a ``.keras`` file or a run directory.
         path: The ``.onnx`` file to write.
-        opset: The ONNX operator set version (13 to 21).
+        opset: The ONNX operator set version, from 13 to the newest the
+            installed tf2onnx writes (18 for tf2onnx 1.17).
         allow_unsafe: Load a model file that carries code (a ``Lambda`` layer).
 
     Returns:
@@ -78,13 +79,13 @@ def export_onnx(
     path = os.fspath(path)
     if not path.endswith(".onnx"):
         raise ValueError(f"`path` must be an .onnx file, got {path!r}.")
-    check_int("opset", opset, 13, 21)
     try:
         import tf2onnx
     except ImportError as err:
         raise ImportError(
             "ONNX export needs tf2onnx and onnx: pip install 'keras-densenet[onnx]'."
         ) from err
+    check_int("opset", opset, 13, max(tf2onnx.constants.OPSET_TO_IR_VERSION))
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
