@@ -263,6 +263,12 @@ def test_dtype_of_counts_the_layers_with_weights() -> None:
     assert dtype_of(_tiny(dtype="mixed_bfloat16")) == "bfloat16"
     weightless = _functional((4, 4, 1), lambda x: keras.layers.Flatten()(x))
     assert dtype_of(weightless) == "float32"
+    # Only layers with weights vote: one float16 conv against three float32 ReLUs.
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(2, 1, dtype="mixed_float16")(inputs)
+    for _ in range(3):
+        x = keras.layers.ReLU(dtype="float32")(x)
+    assert dtype_of(keras.Model(inputs, x)) == "float16"
 
 
 def test_a_model_already_in_the_serving_dtype_is_returned_as_it_is() -> None:

@@ -109,21 +109,21 @@ def _population() -> list[float]:
 
 
 def test_recalibration_kept_where_validation_prefers_it(run) -> None:
-    config, data, _, out = run(STALE, validation_fraction=0.25)
+    config, data, _, out = run(STALE, validation_fraction=0.5)
     best = rundir.load_model(out / rundir.BEST)
     test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
     assert recalibrate_best(best, str(out / rundir.BEST), data, config, test_args) == (
         "recalibrated"
     )
     # In memory and on disk: population statistics of the training images not
-    # held out (9 of 12), whichever they are, so between the two clusters.
+    # held out (6 of 12), whichever they are, so between the two clusters.
     mean, variance = _saved_bn(out / rundir.BEST)
     assert 60 < mean < 180 and variance > 1000
     assert float(best.get_layer("bn").moving_mean[0]) == pytest.approx(mean)
 
 
 def test_moving_averages_kept_where_they_validate_better(run) -> None:
-    config, data, _, out = run(GOOD_ONLY_AS_THEY_ARE, validation_fraction=0.25)
+    config, data, _, out = run(GOOD_ONLY_AS_THEY_ARE, validation_fraction=0.5)
     before = (out / rundir.BEST).read_bytes()
     best = rundir.load_model(out / rundir.BEST)
     test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
@@ -136,7 +136,7 @@ def test_moving_averages_kept_where_they_validate_better(run) -> None:
 
 
 def test_a_tie_keeps_the_recalibrated_statistics(run) -> None:
-    config, data, _, out = run(GOOD, validation_fraction=0.25)
+    config, data, _, out = run(GOOD, validation_fraction=0.5)
     best = rundir.load_model(out / rundir.BEST)
     test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
     assert recalibrate_best(best, str(out / rundir.BEST), data, config, test_args) == (
@@ -158,7 +158,7 @@ def test_without_a_held_out_split_recalibration_is_kept_and_the_summary_says_so(
     summary = _finish(config, data, model, meter)
     mean, variance = _population()
     assert _saved_bn(out / rundir.BEST) == pytest.approx([mean, variance], rel=1e-5)
-    assert 5.0 <= summary.pop("wall_time_s") < 120.0
+    assert 5.0 <= summary.pop("wall_time_s") < 600.0
     assert summary == {
         "model": "handset",
         "params": 8,
@@ -198,7 +198,7 @@ def test_without_a_held_out_split_recalibration_is_kept_and_the_summary_says_so(
 
 
 def test_with_a_held_out_split_the_summary_records_the_moving_averages(run) -> None:
-    config, data, model, out = run(GOOD_ONLY_AS_THEY_ARE, validation_fraction=0.25)
+    config, data, model, out = run(GOOD_ONLY_AS_THEY_ARE, validation_fraction=0.5)
     summary = _finish(config, data, model)
     assert summary["bn_statistics"] == "moving averages"
     assert summary["test_accuracy"] == summary["test_accuracy_before_recalibration"] == 1.0

@@ -306,6 +306,19 @@ def test_decoding_converts_one_to_four_channels_to_the_models(pixels, channels, 
     np.testing.assert_array_equal(out, np.tile(np.array(expected, np.float32), (2, 3, 1)))
 
 
+def test_an_animated_gif_is_decoded_as_its_first_frame() -> None:
+    import io
+
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((3, 4), v, np.uint8)) for v in (40, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    out = decode_for_serving(tf.constant(buffer.getvalue()), 1, 3, 4, 100).numpy()
+    assert out.shape == (3, 4, 1)
+    np.testing.assert_array_equal(out, 40.0)
+
+
 def test_decoding_resizes_to_the_models_size_and_sets_the_static_channels() -> None:
     image = np.zeros((2, 2, 3), np.uint8)
     image[:, 1] = 200

@@ -355,6 +355,7 @@ def test_train_writes_a_complete_run_and_resuming_it_changes_nothing(
     assert summary["epochs"] == 2 and summary["replicas"] == 1
     assert summary["global_batch_size"] == 4 and summary["jit_compile"] is False
     assert summary["bn_statistics"] == "recalibrated"
+    assert summary["images_per_second"] > 0  # measured with the global batch
     out = pathlib.Path(config.out)
     for name in (rundir.BEST, rundir.LAST, rundir.HISTORY, rundir.SUMMARY, rundir.CONFIG):
         assert (out / name).is_file(), name

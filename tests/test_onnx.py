@@ -75,10 +75,13 @@ def test_the_operator_set_and_a_keras_file_source(tmp_path) -> None:
 
 
 def test_a_mixed_precision_model_becomes_a_float32_graph(tmp_path) -> None:
+    keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         inputs = keras.Input((4, 4, 1))
-        x = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(2, 1, name="conv")(x)
+        x = keras.layers.BatchNormalization()(x)  # its statistics are frozen at export
         x = keras.layers.GlobalAveragePooling2D()(x)
         outputs = keras.layers.Dense(3, activation="softmax", dtype="float32", name="predictions")(
             x
@@ -95,17 +98,33 @@ def test_a_mixed_precision_model_becomes_a_float32_graph(tmp_path) -> None:
     np.testing.assert_allclose(got, np.asarray(model(pixels), np.float32), atol=5e-3)
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.levels: list[int] = []
+
+    def emit(self, record) -> None:
+        self.levels.append(record.levelno)
+
+
 def test_the_converters_loggers_are_quiet_then_restored(tmp_path) -> None:
-    converter = logging.getLogger("tf2onnx")
-    converter.setLevel(logging.DEBUG)
     import tensorflow as tf
 
+    converter = logging.getLogger("tf2onnx")
+    records = _Records()
+    converter.addHandler(records)
+    converter.setLevel(logging.DEBUG)
     tf.get_logger().setLevel(logging.INFO)
     try:
         export_onnx(levels_model(), tmp_path / "m.onnx")
         assert converter.level == logging.DEBUG
         assert tf.get_logger().level == logging.INFO
+        # tf2onnx logs its versions and progress at INFO: none of it got through.
+        assert all(level >= logging.ERROR for level in records.levels), records.levels
+        converter.info("after the export")
+        assert records.levels[-1] == logging.INFO  # and its own level is back
     finally:
+        converter.removeHandler(records)
         converter.setLevel(logging.NOTSET)
         tf.get_logger().setLevel(logging.WARNING)
 

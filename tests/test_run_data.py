@@ -122,6 +122,8 @@ def test_recalibration_batches_are_shuffled_unaugmented_training_images(folder) 
     # The seed fixes the order, as it fixes the training batches'.
     again = load_training_data(_config(folder, batch_size=9, bn_recalibrate_steps=3))
     assert _levels(_batches(again.recalibration)) == levels
+    other = load_training_data(_config(folder, batch_size=9, bn_recalibrate_steps=3, seed=4))
+    assert _levels(_batches(other.recalibration)) != levels
     # The training batches themselves are augmented: the padded crops of a
     # batch of 9 uniform images are not all uniform.
     ((train_images, _),) = _batches(data.train)

@@ -8,6 +8,7 @@ the package, with saved_model_cli, and under faults.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -144,6 +145,19 @@ def test_a_keras_file_source_with_unicode_names_is_recorded(tmp_path) -> None:
     names = tf.saved_model.load(path).signatures["metadata"]()["class_names"].numpy()
     assert [n.decode("utf-8") for n in names] == ["dünkel", "grau", "hell"]
     assert read_export_info(export_savedmodel(levels_model(), tmp_path / "n"))["source"] is None
+
+
+def test_a_run_directory_exports_with_its_class_names(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    levels_model().save(run / "best.keras")
+    (run / "summary.json").write_text(json.dumps({"class_names": ["n", "m", "l"]}))
+    path = export_savedmodel(run, tmp_path / "m")  # a pathlib.Path source is recorded too
+    assert read_export_info(path)["source"] == str(run)
+    with open(os.path.join(path, "assets.extra", "class_names.txt"), encoding="utf-8") as f:
+        assert f.read() == "n\nm\nl\n"
+    given = export_savedmodel(str(run), tmp_path / "m", class_names=LEVELS_NAMES)
+    assert _names(given) == LEVELS_NAMES
 
 
 def test_default_class_names_are_the_indices(tmp_path) -> None:

@@ -135,6 +135,7 @@ def _densenet(**overrides) -> keras.Model:
         "blocks": (2, 2), "growth_rate": 4, "num_init_features": 8, "stem": "imagenet",
         "input_shape": (16, 16, 1), "num_classes": 3, "normalization": ([127.5], [64.0]),
     }  # fmt: skip
+    keras.utils.set_random_seed(0)
     model = build_densenet(None, **{**args, **overrides})
     rng = np.random.default_rng(0)
     for layer in model._flatten_layers():
