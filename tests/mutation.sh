@@ -33,8 +33,18 @@ declare -A TESTS=(
   [training/callbacks]="tests/test_callbacks.py"
   [training/resume]="tests/test_resume.py"
   [training/recipe]="tests/test_recipe.py"
+  [training/data]="tests/test_run_data.py"
+  [training/finish]="tests/test_finish.py"
+  [training/loop]="tests/test_loop.py"
   [export/folding]="tests/test_folding.py"
   [export/versions]="tests/test_versions.py"
+  [export/inputs]="tests/test_inputs.py"
+  [export/model]="tests/test_export_model.py"
+  [export/serving]="tests/test_export_model.py"
+  [export/predict]="tests/test_predict.py"
+  [export/savedmodel]="tests/test_savedmodel.py"
+  [export/tflite]="tests/test_tflite.py"
+  [export/onnx]="tests/test_onnx.py"
 )
 # Modules that define Keras layers: mutmut 3.8.1 wraps every mutated method with
 # functools.wraps, and Keras' Operation.__new__ reads
@@ -60,7 +70,9 @@ KERAS_LAYER_MODULES=(layers)
 # against ANCHORS.md in tests/test_architecture.py instead).
 MODULES=(_io _validation rundir architecture layers models batchnorm weights
          training/config training/callbacks training/resume training/recipe
-         export/folding export/versions)
+         training/data training/finish training/loop
+         export/folding export/versions export/inputs export/model export/serving
+         export/predict export/savedmodel export/tflite export/onnx)
 
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${MODULES[@]}"); fi
 for m in "${selected[@]}"; do
