@@ -199,6 +199,12 @@ def test_images_without_pixels_are_refused(shape) -> None:
     )
 
 
+def test_an_image_without_channels_is_refused_for_its_channels() -> None:
+    assert _refusal([np.zeros((2, 2, 0), np.uint8)], channels=3) == (
+        "`images[0]` has 0 channels (shape (2, 2, 0)) but the model takes 3."
+    )
+
+
 def test_images_over_the_pixel_limit_are_refused_by_index() -> None:
     assert _refusal([np.zeros((4, 5, 3), np.uint8)], max_pixels=19) == (
         "`images[0]` has 20 pixels, over the limit of 19 (`max_image_pixels`)."
@@ -339,9 +345,8 @@ def test_decoding_refuses_images_over_the_pixel_limit_from_their_header() -> Non
     assert _decoded(image, 3, max_pixels=20).shape == (4, 5, 3)
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         _decoded(image, 3, max_pixels=19)
-    assert (
-        "an image in `image_bytes` is over the limit of 19 pixels (`max_image_pixels`)"
-        in err.value.message
+    assert err.value.message.startswith(  # run eagerly: the message comes first
+        "an image in `image_bytes` is over the limit of 19 pixels (`max_image_pixels`)\n"
     )
 
 
@@ -362,6 +367,7 @@ def _check(images, channels=3, max_pixels=100) -> None:
 
 def test_batch_checks_pass_a_good_batch_including_exactly_the_pixel_limit() -> None:
     _check(np.zeros((2, 10, 10, 3)))
+    _check(np.zeros((1, 2, 40, 3)))  # height x width, not width x width
     _check(np.zeros((1, 1, 1, 1)), channels=1, max_pixels=1)
     assert len(batch_checks(tf.zeros((1, 1, 1, 3), tf.uint8), 3, 1)) == 3
 
@@ -377,12 +383,13 @@ def test_batch_checks_pass_a_good_batch_including_exactly_the_pixel_limit() -> N
         ((1, 0, 4, 3), 3, "`images` must hold at least one image of at least 1x1 pixels"),
         ((1, 4, 0, 3), 3, "`images` must hold at least one image of at least 1x1 pixels"),
         ((1, 10, 11, 3), 3, "`images` are over the limit of 100 pixels each (`max_image_pixels`)"),
+        ((1, 40, 3, 3), 3, "`images` are over the limit of 100 pixels each (`max_image_pixels`)"),
     ],
 )
 def test_batch_checks_name_what_is_wrong(shape, channels, message) -> None:
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         _check(np.zeros(shape), channels=channels)
-    assert message in err.value.message
+    assert f"assertion failed: [{message}" in err.value.message
 
 
 def test_the_pixel_limit_is_checked_in_int64() -> None:
@@ -390,5 +397,7 @@ def test_the_pixel_limit_is_checked_in_int64() -> None:
     images = tf.zeros([1, 70_000, 70_000, 0], tf.uint8)
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         batch_checks(images, 0, 4_899_999_999)
-    assert "over the limit of 4899999999 pixels" in err.value.message
+    assert err.value.message.startswith(
+        "`images` are over the limit of 4899999999 pixels each (`max_image_pixels`)\n"
+    )
     batch_checks(images, 0, 4_900_000_000)
