@@ -343,6 +343,10 @@ def test_decoding_resizes_to_the_models_size_and_sets_the_static_channels() -> N
 def test_decoding_refuses_images_over_the_pixel_limit_from_their_header() -> None:
     image = np.zeros((4, 5, 3), np.uint8)
     assert _decoded(image, 3, max_pixels=20).shape == (4, 5, 3)
+    # In a graph, as a signature runs it: the check must be a dependency of the decoding.
+    decode = tf.function(lambda data: decode_for_serving(data, 3, 4, 5, 19))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="over the limit of 19 pixels"):
+        decode(tf.constant(_png(image)))
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         _decoded(image, 3, max_pixels=19)
     assert err.value.message.startswith(  # run eagerly: the message comes first
