@@ -67,6 +67,9 @@ def test_the_serving_command_takes_a_name_a_port_and_a_trailing_slash(
     assert words[4] == "9000:8501"
     assert words[6] == f"type=bind,source={tmp_path / 'exports' / 'dense'},target=/models/my net"
     assert words[8] == "MODEL_NAME=my net"
+    # Only separators are stripped: a name may end in a space.
+    spaced = shlex.split(tensorflow_serving_command(tmp_path / "m "))
+    assert spaced[8] == "MODEL_NAME=m "
     plain = tensorflow_serving_command(tmp_path / "m", port=8080)
     assert plain == (
         f"docker run --rm -p 8080:8501 --mount type=bind,source={tmp_path / 'm'},"
@@ -197,6 +200,11 @@ def test_model_spec_refuses_what_cannot_be_exported() -> None:
             "build the model with e.g. input_shape=(32, 32, 3).",
         ),
         (
+            _functional((None, 4, 3), lambda x: keras.layers.GlobalAveragePooling2D()(x)),
+            "Export needs a fixed (height, width, channels) model input, got (None, None, 4, 3); "
+            "build the model with e.g. input_shape=(32, 32, 3).",
+        ),
+        (
             _functional((12,), lambda x: keras.layers.Dense(2)(x)),
             "Export needs a fixed (height, width, channels) model input, got (None, 12); build "
             "the model with e.g. input_shape=(32, 32, 3).",
@@ -224,9 +232,11 @@ def test_a_run_directory_gives_its_best_model_and_class_names(tmp_path) -> None:
     model = _tiny()
     model.save(tmp_path / rundir.BEST)
     (tmp_path / rundir.SUMMARY).write_text(json.dumps({"class_names": ["a", "b", "c"]}))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / rundir.BEST)
     loaded, names = load_keras_model(tmp_path)
     assert names == ["a", "b", "c"]
-    assert loaded.name == model.name and not loaded.compiled
+    assert loaded.name == model.name and not loaded.compiled  # the optimizer is not needed
     assert resolve_model(str(tmp_path))[1] == ["a", "b", "c"]
     assert resolve_model(pathlib.Path(tmp_path / rundir.BEST))[1] == ["a", "b", "c"]
     alone = tmp_path / "elsewhere"
@@ -242,6 +252,8 @@ def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
     lam.save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="allow_unsafe"):
         resolve_model(str(tmp_path / "lambda.keras"))
+    with pytest.raises(ValueError, match="allow_unsafe"):
+        load_keras_model(tmp_path / "lambda.keras")
     loaded, _ = resolve_model(str(tmp_path / "lambda.keras"), allow_unsafe=True)
     np.testing.assert_allclose(loaded(np.ones((1, 4, 4, 1))), 2.0)
 
@@ -269,6 +281,25 @@ def test_dtype_of_counts_the_layers_with_weights() -> None:
     for _ in range(3):
         x = keras.layers.ReLU(dtype="float32")(x)
     assert dtype_of(keras.Model(inputs, x)) == "float16"
+    # Most layers win, whichever comes first.
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(2, 1, dtype="mixed_float16")(inputs)
+    for _ in range(2):
+        x = keras.layers.Conv2D(2, 1, dtype="float32")(x)
+    assert dtype_of(keras.Model(inputs, x)) == "float32"
+
+
+def test_dtype_of_counts_a_nested_model_as_one_layer() -> None:
+    inner_inputs = keras.Input((4, 4, 2))
+    y = inner_inputs
+    for _ in range(3):
+        y = keras.layers.Conv2D(2, 1, dtype="mixed_float16")(y)
+    inner = keras.Model(inner_inputs, y, dtype="mixed_float16")
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(2, 1)(inputs)
+    x = keras.layers.Conv2D(2, 1)(x)
+    outer = keras.Model(inputs, inner(x))
+    assert dtype_of(outer) == "float32"  # two float32 layers against one float16 model
 
 
 def test_a_model_already_in_the_serving_dtype_is_returned_as_it_is() -> None:
@@ -305,8 +336,40 @@ def test_a_model_is_rebuilt_in_the_serving_dtype_with_its_weights(trained, servi
 
 
 def test_an_unknown_serving_dtype_is_refused() -> None:
-    with pytest.raises(ValueError, match="serving_dtype"):
+    with pytest.raises(ValueError) as err:
         with_serving_dtype(_tiny(), "int8")
+    assert str(err.value) == (
+        "`serving_dtype` must be one of ('float32', 'float16', 'bfloat16'), got 'int8'."
+    )
+
+
+SPEC_ON_JAX = """
+import keras
+from keras_densenet.export.model import model_spec
+inputs = keras.Input((4, 4, 1))
+try:
+    model_spec(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)))
+except RuntimeError as err:
+    print(err)
+"""
+
+
+def test_exporting_needs_the_tensorflow_backend() -> None:
+    import subprocess
+    import sys
+
+    from conftest import same_package_env
+
+    import keras_densenet
+
+    env = same_package_env(keras_densenet, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", SPEC_ON_JAX], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == (
+        "Exporting needs the TensorFlow backend (KERAS_BACKEND=tensorflow), not 'jax'."
+    )
 
 
 class _Unbuildable(keras.Model):
