@@ -159,6 +159,17 @@ def test_without_tf2onnx_the_error_names_the_extra(tmp_path, monkeypatch) -> Non
     assert isinstance(err.value.__cause__, ImportError)
 
 
+def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
+    inputs = keras.Input((4, 4, 1))
+    lam = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
+    lam.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="allow_unsafe"):
+        export_onnx(tmp_path / "lambda.keras", tmp_path / "m.onnx")
+    path = export_onnx(tmp_path / "lambda.keras", tmp_path / "m.onnx", allow_unsafe=True)
+    (probabilities,) = _session(path).run(None, {"images": _levels([90])})
+    np.testing.assert_allclose(probabilities, [levels_probabilities(90)], rtol=1e-5)
+
+
 def test_models_that_are_not_image_classifiers_are_refused(tmp_path) -> None:
     inputs = keras.Input((4, 4, 1))
     features = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))

@@ -148,6 +148,27 @@ class _Other(tf.Module):
         return {"y": x * 2}
 
 
+class _SevenClasses(tf.Module):
+    """A SavedModel with export_savedmodel's serving signature but no metadata."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8, "images")])
+    def serve(self, images):
+        batch = tf.shape(images)[0]
+        logits = tf.tile(tf.range(7, dtype=tf.float32)[None], [batch, 1])
+        return {"probabilities": tf.nn.softmax(logits)}
+
+
+def test_a_savedmodel_without_metadata_names_classes_by_index_top_five(tmp_path) -> None:
+    module = _SevenClasses()
+    tf.saved_model.save(
+        module, str(tmp_path / "seven"), signatures={"serving_default": module.serve}
+    )
+    (got,) = predict(tmp_path / "seven", _image(0))
+    assert [name for name, _ in got] == ["6", "5", "4", "3", "2"]  # the default top 5
+    wanted = np.exp(np.arange(7.0)) / np.exp(np.arange(7.0)).sum()
+    np.testing.assert_allclose([p for _, p in got], wanted[::-1][:5], rtol=1e-5)
+
+
 def test_savedmodels_not_written_by_export_savedmodel_are_refused(tmp_path) -> None:
     module = _Other()
     unnamed = tmp_path / "unnamed"
