@@ -68,6 +68,30 @@ def test_top_k_is_capped_at_the_number_of_classes_and_names_default_to_indices()
     assert len(predict(_model(), _image(0), top_k=1)[0]) == 1
 
 
+#: 40 classes in tied groups: numpy's default (unstable) sort reorders ties this many.
+TIED = np.tile(np.array([0.1, 0.3, 0.2, 0.3], np.float32), 10) / 9.0
+
+
+class _Tied(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8, "images")])
+    def serve(self, images):
+        return {"probabilities": tf.tile(tf.constant(TIED)[None], [tf.shape(images)[0], 1])}
+
+
+def test_ties_keep_the_class_order_among_many_classes(tmp_path) -> None:
+    module = _Tied()
+    tf.saved_model.save(module, str(tmp_path / "u"), signatures={"serving_default": module.serve})
+    (got,) = predict(tmp_path / "u", _image(0), top_k=40)
+    by_class = sorted(range(40), key=lambda c: (-TIED[c], c))  # most likely first, ties by index
+    assert [name for name, _ in got] == [str(c) for c in by_class]
+
+
+def test_the_pixel_limit_applies_to_keras_models_too() -> None:
+    assert len(predict(_model(), _image(0), max_image_pixels=16)) == 1
+    with pytest.raises(ValueError, match="over the limit of 15"):
+        predict(_model(), _image(0), max_image_pixels=15)
+
+
 def test_ties_keep_the_class_order() -> None:
     model = _model()
     model.get_layer("predictions").set_weights([np.zeros((1, 3)), np.zeros(3)])
@@ -217,6 +241,7 @@ def test_missing_paths_and_directories_without_a_model_are_refused(tmp_path) -> 
         ({"top_k": 0}, "`top_k` must be an integer in [1, 1000000], got 0"),
         ({"top_k": 1_000_001}, "`top_k` must be an integer in [1, 1000000], got 1000001"),
         ({"max_image_pixels": 0}, "`max_image_pixels` must be an integer in [1, "),
+        ({"max_image_pixels": 2**62 + 1}, f"`max_image_pixels` must be an integer in [1, {2**62}]"),
     ],
 )
 def test_bad_top_k_and_pixel_limits_are_refused_first(tmp_path, kwargs, message) -> None:
