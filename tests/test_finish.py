@@ -24,7 +24,7 @@ from keras_densenet import _io, rundir
 from keras_densenet.training import TrainConfig
 from keras_densenet.training.callbacks import ThroughputMeter
 from keras_densenet.training.data import load_training_data
-from keras_densenet.training.finish import finish_run, recalibrate_best
+from keras_densenet.training.finish import _results, finish_run, recalibrate_best
 
 DARK = [20, 25, 30, 35, 40, 45]
 BRIGHT = [200, 205, 210, 215, 220, 225]
@@ -229,3 +229,22 @@ def test_a_stale_model_recalibrated_reaches_the_accuracy_of_its_weights(run) -> 
     assert summary["test_accuracy"] == 1.0
     assert summary["bn_momentum"] == 0.5
     assert summary["best_val_accuracy"] == 0.9
+
+
+def test_recalibration_reads_as_many_batches_as_asked(run) -> None:
+    import itertools
+
+    config, data, model, out = run(STALE, bn_recalibrate_steps=1)
+    _finish(config, data, model)
+    mean, variance = _saved_bn(out / rundir.BEST)
+    # One batch of 4 of the 12 training images, not all of them.
+    assert [mean, variance] != pytest.approx(_population(), rel=1e-3)
+    subsets = itertools.combinations(DARK + BRIGHT, 4)
+    assert any(np.mean(s) == pytest.approx(mean, rel=1e-5) for s in subsets)
+
+
+def test_a_run_without_validation_has_no_best_validation_accuracy() -> None:
+    config = TrainConfig()
+    results = _results({"epoch": [0, 1], "loss": [0.9, 0.5]}, 0.7, None, "recalibrated", config)
+    assert np.isnan(results["best_val_accuracy"])
+    assert results["final"] == {"loss": 0.5} and results["epochs"] == 2
