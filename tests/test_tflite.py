@@ -313,3 +313,28 @@ def test_calibration_needs_a_run_directory_and_a_count(tmp_path) -> None:
         calibration_images(_run_dir(tmp_path), count=0)
     with pytest.raises(ValueError, match=r"config\.json"):
         calibration_images(tmp_path / "nowhere")
+
+
+def test_calibration_reads_a_named_dataset_from_the_runs_data_dir(tmp_path) -> None:
+    run = _run_dir(tmp_path, dataset="data", data_dir=str(tmp_path))
+    assert calibration_images(run, count=3).shape == (3, 10, 12, 1)
+
+
+def test_calibration_of_a_run_without_a_dataset_reads_the_embedded_sample(tmp_path) -> None:
+    (tmp_path / rundir.CONFIG).write_text("{}")
+    images = calibration_images(tmp_path, count=4)
+    assert images.shape == (4, 28, 28, 1) and images.dtype == np.uint8
+    assert images.max() > 100  # real Fashion-MNIST images, raw pixels
+
+
+def test_calibration_takes_200_images_by_default_and_at_most_100000(tmp_path) -> None:
+    root = tmp_path / "many"
+    for name in ("a", "b"):
+        os.makedirs(root / "train" / name)
+        for i in range(101):
+            Image.fromarray(np.full((2, 2), i, np.uint8)).save(root / "train" / name / f"{i}.png")
+    (tmp_path / rundir.CONFIG).write_text(json.dumps({"dataset": str(root)}))
+    assert calibration_images(tmp_path).shape == (200, 2, 2, 1)
+    assert calibration_images(tmp_path, count=100_000).shape == (202, 2, 2, 1)
+    with pytest.raises(ValueError, match=r"`count` must be an integer in \[1, 100000\]"):
+        calibration_images(tmp_path, count=100_001)
