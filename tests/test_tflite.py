@@ -156,7 +156,9 @@ def _samples(n: int = 80) -> np.ndarray:
 def _block_maxima(model: keras.Model, samples: np.ndarray) -> list[np.ndarray]:
     blocks = [layer for layer in model.layers if isinstance(layer, DenseBlock)]
     probe = keras.Model(model.inputs[0], [block.output for block in blocks])
-    return [np.abs(np.asarray(o)).max(axis=(0, 1, 2)) for o in probe(samples, training=False)]
+    outputs = probe(samples, training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [np.abs(np.asarray(o)).max(axis=(0, 1, 2)) for o in outputs]
 
 
 def test_equalisation_gives_every_concatenated_channel_the_widest_range() -> None:
@@ -338,3 +340,104 @@ def test_calibration_takes_200_images_by_default_and_at_most_100000(tmp_path) ->
     assert calibration_images(tmp_path, count=100_000).shape == (202, 2, 2, 1)
     with pytest.raises(ValueError, match=r"`count` must be an integer in \[1, 100000\]"):
         calibration_images(tmp_path, count=100_001)
+
+
+def _block_model(producer: bool = True, final_bn: bool = True) -> keras.Model:
+    """[stem conv ->] DenseBlock [-> BN]: the smallest shapes the equalisation handles."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 6, 4))
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="stem")(inputs) if producer else inputs
+    x = DenseBlock(num_layers=2, growth_rate=3, bottleneck=False, name="block")(x)
+    if final_bn:
+        x = keras.layers.BatchNormalization(name="after")(x)
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(2)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 2.0, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+    if producer:
+        stem = model.get_layer("stem")
+        stem.kernel.assign(np.asarray(stem.kernel) * np.array([1.0, 0.1, 3.0, 0.5], np.float32))
+    return model
+
+
+def _inputs(scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(4).uniform(0, scale, (20, 6, 6, 4)).astype(np.float32)
+
+
+def _maxima(model: keras.Model, samples: np.ndarray) -> np.ndarray:
+    return _block_maxima(model, samples)[0]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3], ids=["unit", "tiny-activations"])
+def test_a_block_before_the_last_bn_is_equalised_dead_and_narrow_channels_included(
+    scale,
+) -> None:
+    model = _block_model()
+    first, second = model.get_layer("block").dense_layers
+    dead = first.output_convolution
+    dead.kernel.assign(np.asarray(dead.kernel) * np.array([0.0, 1.0, 1.0], np.float32))
+    narrow = second.output_convolution
+    narrow.kernel.assign(np.asarray(narrow.kernel) * np.array([1.0, 1e-6, 1.0], np.float32))
+    samples = _inputs(scale)
+    before = _maxima(model, samples)
+    equalized = equalize_concatenations(model, samples)
+    assert equalized is not model
+    np.testing.assert_allclose(
+        np.asarray(equalized(samples)), np.asarray(model(samples)), rtol=1e-3, atol=1e-6 * scale
+    )
+    after = _maxima(equalized, samples)
+    assert before[4] == after[4] == 0.0  # the dead channel (4 stem + first layer's 0th)
+    assert before.max() < 1.0 if scale < 1 else before.max() > 1.0
+    np.testing.assert_allclose(after[8], before[8] * 1000.0, rtol=1e-3)  # scale capped at 1000
+    live = [c for c in range(10) if c not in (4, 8)]
+    np.testing.assert_allclose(after[live], after.max(), rtol=1e-3)
+
+
+def test_a_block_straight_after_the_input_scales_only_its_own_layers() -> None:
+    model = _block_model(producer=False)
+    samples = _inputs() * np.array([1.0, 0.1, 3.0, 0.5], np.float32)
+    before = _maxima(model, samples)
+    equalized = equalize_concatenations(model, samples)
+    assert equalized is not model
+    np.testing.assert_allclose(
+        np.asarray(equalized(samples)), np.asarray(model(samples)), rtol=1e-3, atol=1e-6
+    )
+    after = _maxima(equalized, samples)
+    np.testing.assert_allclose(after[:4], before[:4], rtol=1e-6)  # the input cannot be scaled
+    np.testing.assert_allclose(after[4:], after.max(), rtol=1e-3)
+
+
+def test_a_block_that_ends_the_model_is_left_alone() -> None:
+    model = _block_model(final_bn=False)
+    equalized = equalize_concatenations(model, _inputs())
+    for a, b in zip(model.get_weights(), equalized.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_structure_the_equalisation_does_not_expect_is_returned_unchanged() -> None:
+    # The stem's output also feeds a second branch: scaling the stem changes it.
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 6, 4))
+    stem = keras.layers.Conv2D(4, 1, use_bias=False, name="stem")(inputs)
+    x = DenseBlock(num_layers=1, growth_rate=3, bottleneck=False)(stem)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Concatenate()(
+        [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalAveragePooling2D()(stem)]
+    )
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    layer = model.get_layer("stem")
+    layer.kernel.assign(np.asarray(layer.kernel) * np.array([100.0, 0.01, 3.0, 0.5], np.float32))
+    assert equalize_concatenations(model, _inputs(255.0)) is model
+
+
+def test_the_interpreter_is_made_without_the_deprecation_warning(tmp_path) -> None:
+    import warnings
+
+    path = export_tflite(levels_model(), tmp_path / "m.tflite")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tflite_interpreter(path)
+    assert not [str(w.message) for w in caught if "deprecated" in str(w.message)]
