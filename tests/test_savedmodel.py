@@ -347,3 +347,51 @@ def test_a_requested_version_taken_meanwhile_is_refused_unless_overwriting(tmp_p
     assert str(err.value) == f"Version 5 appeared at {str(tmp_path / '5')!r} during the export."
     assert _publish(tmp, str(tmp_path), 5, requested=True, overwrite=True) == str(tmp_path / "5")
     assert _mark(tmp_path / "5") == "five"
+
+
+def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
+    inputs = keras.Input((4, 4, 1))
+    lam = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
+    lam.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="allow_unsafe"):
+        export_savedmodel(tmp_path / "lambda.keras", tmp_path / "m")
+    path = export_savedmodel(tmp_path / "lambda.keras", tmp_path / "m", allow_unsafe=True)
+    out = tf.saved_model.load(path).signatures["serving_default"](
+        images=tf.constant(_levels_batch([90]))
+    )
+    np.testing.assert_allclose(out["probabilities"], _wanted([90]), rtol=1e-5)
+
+
+def test_scratch_left_by_a_killed_export_is_cleared(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from keras_densenet.export.versions import scratch_name
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    ours = scratch_name(".tmp-", 1)  # this process's: alive, so kept
+    stale = ours.replace(f"-{os.getpid()}-", f"-{dead.pid}-") + "abcd1234"
+    (model_dir / stale / "variables").mkdir(parents=True)
+    (model_dir / (ours + "live0000")).mkdir()
+    export_savedmodel(levels_model(), model_dir)
+    assert sorted(os.listdir(model_dir)) == sorted(["1", ours + "live0000"])
+
+
+def test_a_failed_write_leaves_no_scratch_and_no_version(tmp_path, monkeypatch) -> None:
+    def disk_full(self, path, **kwargs):
+        os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+        raise OSError(28, "No space left on device")
+
+    # keras.export.ExportArchive() makes the backend's subclass: the disk fills there.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_savedmodel(levels_model(), tmp_path / "m")
+    assert os.listdir(tmp_path / "m") == []
+
+
+def test_publishing_passes_on_errors_other_than_a_lost_race(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        _publish(str(tmp_path / "gone"), str(tmp_path), 1, requested=False, overwrite=False)
