@@ -133,6 +133,15 @@ def levels_model(channels: int = 1, size: int = 4) -> keras.Model:
     return model
 
 
+def levels_lambda_file(directory) -> str:
+    """`levels_model` behind a ``Lambda`` layer, saved: a ``.keras`` file that carries code."""
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
+    path = os.path.join(directory, "lambda.keras")
+    model.save(path)
+    return path
+
+
 def levels_probabilities(level: float) -> np.ndarray:
     """`levels_model`'s probabilities for an image of one grey level (0..255)."""
     logits = level / 255 * LEVELS_W[0] + LEVELS_B

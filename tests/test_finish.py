@@ -98,6 +98,10 @@ def run(tmp_path: pathlib.Path):
     return make
 
 
+#: The test-split options finish_run passes on, for calling recalibrate_best alone.
+TEST_ARGS = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
+
+
 def _saved_bn(path: pathlib.Path) -> list[float]:
     bn = rundir.load_model(path, compile=False).get_layer("bn")
     return [float(bn.moving_mean[0]), float(bn.moving_variance[0])]
@@ -111,8 +115,7 @@ def _population() -> list[float]:
 def test_recalibration_kept_where_validation_prefers_it(run) -> None:
     config, data, _, out = run(STALE, validation_fraction=0.5)
     best = rundir.load_model(out / rundir.BEST)
-    test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
-    assert recalibrate_best(best, str(out / rundir.BEST), data, config, test_args) == (
+    assert recalibrate_best(best, str(out / rundir.BEST), data, config, TEST_ARGS) == (
         "recalibrated"
     )
     # In memory and on disk: population statistics of the training images not
@@ -126,8 +129,7 @@ def test_moving_averages_kept_where_they_validate_better(run) -> None:
     config, data, _, out = run(GOOD_ONLY_AS_THEY_ARE, validation_fraction=0.5)
     before = (out / rundir.BEST).read_bytes()
     best = rundir.load_model(out / rundir.BEST)
-    test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
-    assert recalibrate_best(best, str(out / rundir.BEST), data, config, test_args) == (
+    assert recalibrate_best(best, str(out / rundir.BEST), data, config, TEST_ARGS) == (
         "moving averages"
     )
     bn = best.get_layer("bn")
@@ -138,8 +140,7 @@ def test_moving_averages_kept_where_they_validate_better(run) -> None:
 def test_a_tie_keeps_the_recalibrated_statistics(run) -> None:
     config, data, _, out = run(GOOD, validation_fraction=0.5)
     best = rundir.load_model(out / rundir.BEST)
-    test_args = {"split": "test", "bad_images": "skip", "image_size": [8, 8], "channels": 1}
-    assert recalibrate_best(best, str(out / rundir.BEST), data, config, test_args) == (
+    assert recalibrate_best(best, str(out / rundir.BEST), data, config, TEST_ARGS) == (
         "recalibrated"
     )
     assert _saved_bn(out / rundir.BEST)[0] != 120.0

@@ -14,7 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import levels_model, levels_probabilities
+from conftest import levels_lambda_file, levels_model, levels_probabilities
 
 from keras_densenet.export.onnx import OPSET, export_onnx
 
@@ -160,12 +160,10 @@ def test_without_tf2onnx_the_error_names_the_extra(tmp_path, monkeypatch) -> Non
 
 
 def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
-    inputs = keras.Input((4, 4, 1))
-    lam = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
-    lam.save(tmp_path / "lambda.keras")
+    lambda_file = levels_lambda_file(tmp_path)
     with pytest.raises(ValueError, match="allow_unsafe"):
-        export_onnx(tmp_path / "lambda.keras", tmp_path / "m.onnx")
-    path = export_onnx(tmp_path / "lambda.keras", tmp_path / "m.onnx", allow_unsafe=True)
+        export_onnx(lambda_file, tmp_path / "m.onnx")
+    path = export_onnx(lambda_file, tmp_path / "m.onnx", allow_unsafe=True)
     (probabilities,) = _session(path).run(None, {"images": _levels([90])})
     np.testing.assert_allclose(probabilities, [levels_probabilities(90)], rtol=1e-5)
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LEVELS_NAMES, levels_model, levels_probabilities
+from conftest import LEVELS_NAMES, levels_lambda_file, levels_model, levels_probabilities
 
 from keras_densenet import rundir
 from keras_densenet.export import export_savedmodel, predict
@@ -131,12 +130,10 @@ def test_a_run_directory_and_a_keras_file_answer_with_the_runs_class_names(tmp_p
 
 
 def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
-    inputs = keras.Input((4, 4, 1))
-    lam = keras.Model(inputs, _model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
-    lam.save(tmp_path / "lambda.keras")
+    lambda_file = levels_lambda_file(tmp_path)
     with pytest.raises(ValueError, match="allow_unsafe"):
-        predict(tmp_path / "lambda.keras", _image(0))
-    got = predict(tmp_path / "lambda.keras", _image(0), class_names=NAMES, allow_unsafe=True)
+        predict(lambda_file, _image(0))
+    got = predict(lambda_file, _image(0), class_names=NAMES, allow_unsafe=True)
     _assert_results(got, [_ranked(0)])
 
 

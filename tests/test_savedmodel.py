@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LEVELS_NAMES, levels_model, levels_probabilities
+from conftest import LEVELS_NAMES, levels_lambda_file, levels_model, levels_probabilities
 
 from keras_densenet import build_densenet
 from keras_densenet.export import export_savedmodel, read_export_info
@@ -350,12 +350,10 @@ def test_a_requested_version_taken_meanwhile_is_refused_unless_overwriting(tmp_p
 
 
 def test_files_with_code_need_allow_unsafe(tmp_path) -> None:
-    inputs = keras.Input((4, 4, 1))
-    lam = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
-    lam.save(tmp_path / "lambda.keras")
+    lambda_file = levels_lambda_file(tmp_path)
     with pytest.raises(ValueError, match="allow_unsafe"):
-        export_savedmodel(tmp_path / "lambda.keras", tmp_path / "m")
-    path = export_savedmodel(tmp_path / "lambda.keras", tmp_path / "m", allow_unsafe=True)
+        export_savedmodel(lambda_file, tmp_path / "m")
+    path = export_savedmodel(lambda_file, tmp_path / "m", allow_unsafe=True)
     out = tf.saved_model.load(path).signatures["serving_default"](
         images=tf.constant(_levels_batch([90]))
     )

@@ -15,7 +15,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import levels_model, levels_probabilities
+from conftest import levels_lambda_file, levels_model, levels_probabilities
 from PIL import Image
 
 from keras_densenet import DenseBlock, TransitionLayer, build_densenet, rundir
@@ -444,13 +444,11 @@ def test_the_interpreter_is_made_without_the_deprecation_warning(tmp_path) -> No
 
 
 def test_conversion_is_silent_and_files_with_code_need_allow_unsafe(tmp_path, capfd) -> None:
-    inputs = keras.Input((4, 4, 1))
-    lam = keras.Model(inputs, levels_model()(keras.layers.Lambda(lambda x: x * 1.0)(inputs)))
-    lam.save(tmp_path / "lambda.keras")
+    lambda_file = levels_lambda_file(tmp_path)
     with pytest.raises(ValueError, match="allow_unsafe"):
-        export_tflite(tmp_path / "lambda.keras", tmp_path / "m.tflite")
+        export_tflite(lambda_file, tmp_path / "m.tflite")
     capfd.readouterr()
-    path = export_tflite(tmp_path / "lambda.keras", tmp_path / "m.tflite", allow_unsafe=True)
+    path = export_tflite(lambda_file, tmp_path / "m.tflite", allow_unsafe=True)
     assert capfd.readouterr().out == ""  # no endpoint listing, no converter settings
     out = run_tflite(path, np.full((1, 4, 4, 1), 90, np.uint8))
     np.testing.assert_allclose(out, [levels_probabilities(90)], rtol=1e-5)
