@@ -31,13 +31,15 @@ def _wanted(levels) -> np.ndarray:
     return np.stack([levels_probabilities(v) for v in levels])
 
 
-@pytest.fixture(scope="module")
-def version(tmp_path_factory) -> str:
-    model_dir = tmp_path_factory.mktemp("export") / "levels"
+# Function-scoped on purpose: mutation testing maps each test to the functions it
+# calls, and an export built once for the module would be charged to its first test.
+@pytest.fixture
+def version(tmp_path) -> str:
+    model_dir = tmp_path / "levels"
     return export_savedmodel(levels_model(), model_dir, class_names=LEVELS_NAMES)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def loaded(version: str):
     return tf.saved_model.load(version)
 
