@@ -137,6 +137,16 @@ def test_the_optimizer_schedule_spans_every_step_of_the_run(folder, tmp_path) ->
     assert rates[9] == pytest.approx(0.0000625)
 
 
+def test_xla_is_resolved_with_the_strategy_and_precision_of_the_run(folder, tmp_path) -> None:
+    # XLA with mixed_float16 under a strategy crashes; the model must be compiled
+    # knowing both (a dropped strategy or precision would compile it with XLA on).
+    config = _config(folder, tmp_path, jit_compile="on", precision="mixed_float16")
+    data = load_training_data(config)
+    with pytest.raises(ValueError, match=r"^XLA with mixed_float16 under MirroredStrategy"):
+        build_training_model(config, data, tf.distribute.get_strategy())
+    assert build_training_model(config, data).jit_compile is True
+
+
 def test_the_accuracy_metric_is_named_accuracy(folder, tmp_path) -> None:
     config = _config(folder, tmp_path)
     data = load_training_data(config)
@@ -348,12 +358,12 @@ def test_the_run_is_described_in_one_line(folder, tmp_path) -> None:
 def test_train_writes_a_complete_run_and_resuming_it_changes_nothing(
     folder, tmp_path, capsys
 ) -> None:
-    config = _config(folder, tmp_path, epochs=2, verbose=2)
+    config = _config(folder, tmp_path, epochs=2, verbose=2, jit_compile="on")
     summary = train(config)
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == describe_run(config, load_training_data(config), _model(config), False)
+    assert printed[0] == describe_run(config, load_training_data(config), _model(config), True)
     assert summary["epochs"] == 2 and summary["replicas"] == 1
-    assert summary["global_batch_size"] == 4 and summary["jit_compile"] is False
+    assert summary["global_batch_size"] == 4 and summary["jit_compile"] is True
     assert summary["bn_statistics"] == "recalibrated"
     assert summary["images_per_second"] > 0  # measured with the global batch
     out = pathlib.Path(config.out)
@@ -372,6 +382,41 @@ def test_train_writes_a_complete_run_and_resuming_it_changes_nothing(
     assert {p: t for p, t in files().items() if p != lock} == {
         p: t for p, t in written.items() if p != lock
     }
+
+
+def test_a_resumed_run_says_where_it_resumes_and_a_nan_names_its_epoch(
+    folder, tmp_path, capsys
+) -> None:
+    config = _config(folder, tmp_path, bn_recalibrate_steps=0)
+    train(config)
+    capsys.readouterr()
+    resumed = dataclasses.replace(config, resume=True, epochs=2, learning_rate=1e30, verbose=2)
+    with pytest.raises(TrainingError) as err:
+        train(resumed)
+    last = os.path.join(config.out, rundir.LAST)
+    assert str(err.value) == (
+        f"The loss became NaN/inf in epoch 2; training stopped. The last good model is "
+        f"{last} and --resume restarts from the last good epoch; lower --learning-rate or "
+        "use float32."
+    )
+    printed = capsys.readouterr().out.splitlines()
+    data = load_training_data(resumed)
+    assert printed[0] == describe_run(resumed, data, _model(config), False, done=1)
+    assert printed[0].endswith(f" | float32, XLA off | {config.out} | resuming after epoch 1")
+
+
+def test_train_puts_back_the_distribution_it_found_even_when_it_fails(folder, tmp_path) -> None:
+    mesh = keras.distribution.DeviceMesh((1,), ["batch"], devices=["cpu:0"])
+    found = keras.distribution.DataParallel(device_mesh=mesh)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    keras.distribution.set_distribution(found)
+    try:
+        with pytest.raises(ValueError, match="out"):
+            train(_config(folder, tmp_path, out=str(not_a_dir)))
+        assert keras.distribution.distribution() is found
+    finally:
+        keras.distribution.set_distribution(None)
 
 
 def _disable_op_determinism() -> None:
