@@ -8,9 +8,12 @@ the package, with saved_model_cli, and under faults.
 
 from __future__ import annotations
 
+import calendar
 import json
+import locale
 import os
 import re
+import time
 
 import keras
 import numpy as np
@@ -53,12 +56,12 @@ def test_serving_default_resizes_uint8_images_of_any_size(loaded) -> None:
     spec = serve.structured_input_signature[1]["images"]
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 1]
     for size in (4, 7, 2):
-        levels = [0, 128, 255]
+        levels = [0, 255, 128, 255]  # 4 images of 3 classes: the top class per image
         out = serve(images=tf.constant(_levels_batch(levels, size)))
         assert sorted(out) == ["classes", "probabilities"]
         assert out["probabilities"].dtype == tf.float32 and out["classes"].dtype == tf.int64
         np.testing.assert_allclose(out["probabilities"], _wanted(levels), rtol=1e-5)
-        assert out["classes"].numpy().tolist() == [0, 1, 2]
+        assert out["classes"].numpy().tolist() == [0, 2, 1, 2]
 
 
 def test_serving_bytes_decodes_png_and_jpeg_to_the_models_channels(loaded) -> None:
@@ -98,7 +101,9 @@ def test_metadata_names_the_classes_shape_dtype_and_pixel_limit(loaded) -> None:
     assert meta["input_shape"].tolist() == [4, 4, 1] and meta["input_shape"].dtype == np.int64
     assert meta["serving_dtype"] == b"float32"
     assert meta["max_image_pixels"] == 50_000_000 and meta["max_image_pixels"].dtype == np.int64
-    assert [n.decode() for n in loaded.class_names[0].numpy()] == LEVELS_NAMES
+    names = loaded.class_names[0]  # the variable collection, restored by TensorFlow alone
+    assert [n.decode() for n in names.numpy()] == LEVELS_NAMES
+    assert names.name == "class_names:0" and names.trainable is False
 
 
 def test_the_pixel_limit_is_enforced_in_both_signatures(tmp_path) -> None:
@@ -126,6 +131,9 @@ def test_class_names_and_the_export_record_in_assets_extra(version) -> None:
     info = read_export_info(version)
     exported_at = info.pop("exported_at")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", exported_at)
+    assert (
+        abs(calendar.timegm(time.strptime(exported_at, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
+    )
     assert info == {
         "source": None,
         "model": "levels",
@@ -141,7 +149,38 @@ def test_class_names_and_the_export_record_in_assets_extra(version) -> None:
         assert f.read().startswith('{\n  "source": null,')  # indented for people
 
 
-def test_a_keras_file_source_with_unicode_names_is_recorded(tmp_path) -> None:
+@pytest.fixture
+def ascii_locale():
+    """This process's default text encoding made ASCII (the C locale), then restored."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    assert locale.getpreferredencoding(False) != "UTF-8"
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+
+
+@pytest.fixture
+def east_of_utc(monkeypatch):
+    """A local time zone 14 hours east of UTC (a POSIX TZ rule: no tz database needed)."""
+    monkeypatch.setenv("TZ", "XYZ-14")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_the_export_time_is_recorded_in_utc(tmp_path, east_of_utc) -> None:
+    assert time.localtime().tm_gmtoff == 14 * 3600
+    exported_at = read_export_info(export_savedmodel(levels_model(), tmp_path))["exported_at"]
+    assert (
+        abs(calendar.timegm(time.strptime(exported_at, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
+    )
+
+
+def test_a_keras_file_source_with_unicode_names_is_recorded(tmp_path, ascii_locale) -> None:
+    # Whatever the locale: the files are written as UTF-8.
     levels_model().save(tmp_path / "levels.keras")
     path = export_savedmodel(
         str(tmp_path / "levels.keras"), tmp_path / "m", class_names=["dünkel", "grau", "hell"]
@@ -219,8 +258,10 @@ def test_a_missing_or_broken_record_is_refused_by_name(tmp_path) -> None:
         read_export_info(tmp_path)
     os.makedirs(tmp_path / "assets.extra")
     (tmp_path / "assets.extra" / "export.json").write_text("{broken")
-    with pytest.raises(ValueError, match="export record"):
+    with pytest.raises(ValueError) as err:
         read_export_info(str(tmp_path))
+    record = str(tmp_path / "assets.extra" / "export.json")
+    assert str(err.value).startswith(f"The export record {record!r} is not valid JSON")
 
 
 # --- versions --------------------------------------------------------------------------
@@ -282,12 +323,28 @@ def test_a_model_dir_that_cannot_be_created_is_refused(tmp_path) -> None:
     )
 
 
+def test_a_model_dir_that_is_not_writable_is_refused(tmp_path, monkeypatch) -> None:
+    # Tests may run as root, whom file modes do not stop: the check is what is tested.
+    model_dir = str(tmp_path / "m")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != model_dir and access(p, mode))
+    with pytest.raises(ValueError) as err:
+        export_savedmodel(levels_model(), model_dir)
+    assert str(err.value) == f"`model_dir` {model_dir!r} is not writable."
+    assert os.listdir(model_dir) == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"version": 0}, "`version`"),
         ({"overwrite": "yes"}, "`overwrite` must be True or False, got 'yes'."),
         ({"fold_batchnorm": 1}, "`fold_batchnorm` must be True or False, got 1."),
+        (
+            {"max_image_pixels": 2**62 + 1},
+            "`max_image_pixels` must be an integer in [1, 4611686018427387904], got "
+            "4611686018427387905.",
+        ),
         ({"max_image_pixels": 0}, "`max_image_pixels` must be an integer in [1, "),
         ({"class_names": ["a"]}, "`class_names` must be 3 non-empty strings"),
         ({"serving_dtype": "int8"}, "`serving_dtype`"),
@@ -378,6 +435,33 @@ def test_scratch_left_by_a_killed_export_is_cleared(tmp_path) -> None:
     (model_dir / (ours + "live0000")).mkdir()
     export_savedmodel(levels_model(), model_dir)
     assert sorted(os.listdir(model_dir)) == sorted(["1", ours + "live0000"])
+
+
+def test_the_export_is_written_quietly_to_a_scratch_directory_of_its_own(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from keras_densenet.export.versions import _SCRATCH_RE
+
+    archive_type = type(keras.export.ExportArchive())
+    write_out = archive_type.write_out
+    written = []
+
+    def recording(self, path, **kwargs):
+        written.append(path)
+        return write_out(self, path, **kwargs)
+
+    monkeypatch.setattr(archive_type, "write_out", recording)
+    model_dir = tmp_path / "m"
+    assert export_savedmodel(levels_model(), model_dir) == str(model_dir / "1")
+    (scratch,) = written
+    assert os.path.dirname(scratch) == str(model_dir)  # renamed into place, same filesystem
+    match = _SCRATCH_RE.match(os.path.basename(scratch))
+    assert match and (match["kind"], match["version"], match["pid"]) == (
+        "tmp",
+        "1",
+        str(os.getpid()),
+    )
+    assert capsys.readouterr().out == ""  # no signature listing from Keras
 
 
 def test_a_failed_write_leaves_no_scratch_and_no_version(tmp_path, monkeypatch) -> None:
