@@ -34,6 +34,11 @@ def _wanted(levels) -> np.ndarray:
     return np.stack([levels_probabilities(v) for v in levels])
 
 
+def _utc_seconds(stamp: str) -> int:
+    """Seconds since the epoch of an export record's ``exported_at`` read as UTC."""
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 # Function-scoped on purpose: mutation testing maps each test to the functions it
 # calls, and an export built once for the module would be charged to its first test.
 @pytest.fixture
@@ -131,9 +136,7 @@ def test_class_names_and_the_export_record_in_assets_extra(version) -> None:
     info = read_export_info(version)
     exported_at = info.pop("exported_at")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", exported_at)
-    assert (
-        abs(calendar.timegm(time.strptime(exported_at, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
-    )
+    assert abs(_utc_seconds(exported_at) - time.time()) < 600
     assert info == {
         "source": None,
         "model": "levels",
@@ -174,9 +177,7 @@ def east_of_utc(monkeypatch):
 def test_the_export_time_is_recorded_in_utc(tmp_path, east_of_utc) -> None:
     assert time.localtime().tm_gmtoff == 14 * 3600
     exported_at = read_export_info(export_savedmodel(levels_model(), tmp_path))["exported_at"]
-    assert (
-        abs(calendar.timegm(time.strptime(exported_at, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
-    )
+    assert abs(_utc_seconds(exported_at) - time.time()) < 600
 
 
 def test_a_keras_file_source_with_unicode_names_is_recorded(tmp_path, ascii_locale) -> None:
