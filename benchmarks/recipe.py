@@ -50,6 +50,8 @@ def _worker(config: dict[str, Any]) -> None:
         {
             "test_accuracy": summary["test_accuracy"],
             "test_accuracy_before_recalibration": summary["test_accuracy_before_recalibration"],
+            "test_accuracy_after_recalibration": summary["test_accuracy_after_recalibration"],
+            "bn_statistics": summary["bn_statistics"],
             "train_accuracy": summary["final"]["accuracy"],
             "val_accuracy": summary["final"].get("val_accuracy"),
             "images_per_second": summary["images_per_second"],
@@ -105,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"failed: {config}: {result['error'][-300:]}", file=sys.stderr)
             continue
         before = result["test_accuracy_before_recalibration"]
+        after = result["test_accuracy_after_recalibration"]
         row = [
             *("default" if v is None else v for v in combination),
             f"{result['train_accuracy']:.4f}",
             f"{result['val_accuracy']:.4f}",
             "-" if before is None else f"{before:.4f}",
+            "-" if after is None else f"{after:.4f}",
+            result["bn_statistics"],
             f"{result['test_accuracy']:.4f}",
             f"{result['wall_time_s']:.0f}",
         ]
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "final train acc",
         "final val acc",
         "test acc before recal.",
+        "test acc after recal.",
+        "statistics kept (by validation)",
         "test acc",
         "wall s",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -217,20 +218,36 @@ def pytest_runtest_logreport(report):
         _RELIABILITY.append((category, report.nodeid.split("::", 1)[-1], report.outcome))
 
 
-def pytest_sessionfinish(session, exitstatus):
-    # Only when asked, only from a run that selected every reliability case
-    # (``-m reliability``) and finished each one it started: a test run never
-    # rewrites a tracked file on its own.
-    path = session.config.getoption("--reliability-report")
-    markexpr = session.config.getoption("markexpr") or ""
+def _reliability_report_path(config) -> str | None:
+    """Where to write RELIABILITY.md, or None unless the run selects every case."""
+    path = config.getoption("--reliability-report")
+    tests_dir = pathlib.Path(__file__).resolve().parent
+    whole_folder = all(
+        pathlib.Path(config.invocation_params.dir, arg).resolve() == tests_dir
+        for arg in config.args
+    )
     if (
         not path
-        or markexpr != "reliability"
-        or session.config.getoption("keyword")
-        or not _RELIABILITY
-        or len(_RELIABILITY) < len(_RELIABILITY_STARTED)
+        or (config.getoption("markexpr") or "") != "reliability"
+        or config.getoption("keyword")
+        or config.getoption("deselect")
+        or config.getoption("maxfail")
+        or not whole_folder
+    ):
+        return None
+    return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Only when asked, only from a run that selected every reliability case
+    # (``-m reliability`` over the whole tests folder: no -k, no paths or node
+    # ids, no --deselect, no -x/--maxfail) and finished each one it started: a
+    # test run never rewrites a tracked file on its own, nor with partial figures.
+    if _reliability_report_path(session.config) is None or (
+        not _RELIABILITY or len(_RELIABILITY) < len(_RELIABILITY_STARTED)
     ):
         return
+    path = _reliability_report_path(session.config)
     import platform
     import time
 

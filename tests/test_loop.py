@@ -296,8 +296,22 @@ class _Failing(keras.Model):
 
 @pytest.mark.parametrize(
     "error",
-    [tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"), MemoryError()],
-    ids=["ResourceExhaustedError", "MemoryError"],
+    [
+        tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"),
+        MemoryError(),
+        # oneDNN's convolution when its memory cannot be had (dnnl_out_of_memory = 1)
+        tf.errors.AbortedError(
+            None,
+            None,
+            "Operation received an exception:Status: 1, message: could not create a "
+            "primitive, in file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1132",
+        ),
+        tf.errors.InternalError(None, None, "std::bad_alloc"),
+        tf.errors.UnknownError(None, None, "CUDA_ERROR_OUT_OF_MEMORY: out of memory"),
+        RuntimeError("XLA: Failed to allocate request for 2.00GiB (2147483648B) on device"),
+        OSError(12, "Cannot allocate memory"),
+    ],
+    ids=["ResourceExhausted", "MemoryError", "oneDNN", "bad_alloc", "CUDA", "XLA", "ENOMEM"],
 )
 def test_out_of_memory_lists_the_remedies(tmp_path, error) -> None:
     config = TrainConfig(batch_size=48, out=str(tmp_path))
@@ -311,9 +325,22 @@ def test_out_of_memory_lists_the_remedies(tmp_path, error) -> None:
     assert isinstance(err.value, TrainingError)
 
 
-def test_other_errors_of_fit_pass_through(tmp_path) -> None:
-    error = ValueError("some other problem")
-    with pytest.raises(ValueError) as err:
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("some other problem"),
+        tf.errors.AbortedError(
+            None,
+            None,
+            "Operation received an exception:Status: 2, message: invalid arguments, in "
+            "file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1132",
+        ),
+        tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [64,10] vs. [32,10]"),
+    ],
+    ids=["ValueError", "oneDNN-invalid-arguments", "InvalidArgument"],
+)
+def test_other_errors_of_fit_pass_through(tmp_path, error) -> None:
+    with pytest.raises(type(error)) as err:
         _fit(_Failing(error), TrainConfig(out=str(tmp_path)), _data(np.ones((4, 3))), [], 0)
     assert err.value is error
 

@@ -220,6 +220,54 @@ def test_float32_tflite_answers_as_the_keras_model_at_any_image_size(tmp_path) -
     assert detail["dtype"] == np.float32 and list(detail["shape"]) == [1, 4, 4, 1]
 
 
+def test_a_write_that_fails_leaves_the_old_tflite_file_whole(tmp_path, monkeypatch) -> None:
+    # The disk fills up halfway through writing the new model: the file size
+    # limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write fails with EFBIG)
+    # is lowered only once the converter has its bytes, so the SavedModel that
+    # the conversion reads is written in full.
+    import errno
+    import resource
+
+    import tensorflow as tf
+
+    path = tmp_path / "levels.tflite"
+    old = b"the model already served " * 4
+    path.write_bytes(old)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    from_saved_model = tf.lite.TFLiteConverter.from_saved_model
+    written = []
+
+    def converter_that_fills_the_disk(*args, **kwargs):
+        converter = from_saved_model(*args, **kwargs)
+        convert = converter.convert
+
+        def convert_then_fill_the_disk():
+            data = convert()
+            written.append(len(data))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (len(data) // 2, hard))
+            return data
+
+        converter.convert = convert_then_fill_the_disk
+        return converter
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", converter_that_fills_the_disk)
+    try:
+        with pytest.raises(OSError) as failure:
+            export_tflite(levels_model(), path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failure.value.errno == errno.EFBIG and written[0] > len(old)
+    assert path.read_bytes() == old  # not truncated, not half new
+    assert os.listdir(tmp_path) == ["levels.tflite"]  # the partial temporary removed
+    monkeypatch.undo()
+    export_tflite(levels_model(), path)  # with room again, the new model replaces it
+    np.testing.assert_allclose(
+        run_tflite(path, [np.full((4, 4, 1), 128, np.uint8)]),
+        [levels_probabilities(128)],
+        rtol=1e-5,
+    )
+
+
 def test_int8_tflite_takes_uint8_pixels_and_dequantizes_its_output(tmp_path) -> None:
     model = levels_model()
     calibration = [np.full((4, 4, 1), v, np.uint8) for v in range(0, 256, 5)]

@@ -402,7 +402,8 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
     best = rundir.load_model(best_path)
     on_disk = moments(best)
     bad = dataclasses.replace(data, recalibration=white)
-    assert finish.recalibrate_best(best, best_path, bad, config, test_args) == "moving averages"
+    statistics, turned_down = finish.recalibrate_best(best, best_path, bad, config, test_args)
+    assert statistics == "moving averages" and 0.0 <= turned_down <= 1.0
     for a, b in zip(moments(best), on_disk, strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True):
@@ -410,7 +411,10 @@ def test_recalibration_is_kept_only_if_validation_agrees(tmp_path):
 
     # Without a held-out split the test split never chooses: recalibration stays.
     no_val = dataclasses.replace(config, validation_fraction=0.0)
-    assert finish.recalibrate_best(best, best_path, bad, no_val, test_args) == "recalibrated"
+    assert finish.recalibrate_best(best, best_path, bad, no_val, test_args) == (
+        "recalibrated",
+        None,
+    )
     assert any(
         not np.array_equal(a, b)
         for a, b in zip(moments(rundir.load_model(best_path)), on_disk, strict=True)

@@ -29,7 +29,7 @@ def recalibrate_best(
     data: TrainingData,
     config: TrainConfig,
     test_args: dict[str, Any],
-) -> str:
+) -> tuple[str, float | None]:
     """Gives best.keras population BN statistics unless validation prefers its own.
 
     With a held-out validation split, the recalibrated statistics are kept
@@ -40,7 +40,9 @@ def recalibrate_best(
     split validates), recalibration is kept: the test split never chooses.
 
     Returns:
-        ``"recalibrated"`` or ``"moving averages"``, what best.keras now has.
+        What best.keras now has, ``"recalibrated"`` or ``"moving averages"``,
+        and where validation turned the recalibrated statistics down, the test
+        accuracy they gave (None otherwise: the final test evaluation is theirs).
     """
     val_args = {
         **test_args,
@@ -53,12 +55,13 @@ def recalibrate_best(
         moving_averages = BatchNormRecalibrator(best).snapshot()
     recalibrate_batchnorm(best, data.recalibration, config.bn_recalibrate_steps)
     if held_out and evaluate(best, config.dataset, **val_args)["accuracy"] < ema:
+        turned_down = evaluate(best, config.dataset, **test_args)["accuracy"]
         BatchNormRecalibrator(best).restore(moving_averages)
-        return "moving averages"
+        return "moving averages", turned_down
     # best.keras is what gets evaluated and exported; last.keras keeps the
     # moving averages of the training state.
     _io.save_model(best, best_path)
-    return "recalibrated"
+    return "recalibrated", None
 
 
 def finish_run(
@@ -88,14 +91,16 @@ def finish_run(
     # A plain (not distributed) copy of the best epoch's model, its optimizer
     # included (rundir.load_model compiles it under the policy it was saved with).
     best = rundir.load_model(best_path)
-    before, statistics = None, "moving averages"
+    before, after, statistics = None, None, "moving averages"
     if config.bn_recalibrate_steps:
         before = evaluate(best, config.dataset, **test_args)["accuracy"]
-        statistics = recalibrate_best(best, best_path, data, config, test_args)
+        statistics, after = recalibrate_best(best, best_path, data, config, test_args)
     evaluation = evaluate(best, config.dataset, out=out, **test_args)
+    if statistics == "recalibrated":
+        after = evaluation["accuracy"]
     summary = {
         **_describe_model(model, data, jit, replicas),
-        **_results(full_history, evaluation["accuracy"], before, statistics, config),
+        **_results(full_history, evaluation["accuracy"], (before, after), statistics, config),
         "images_per_second": meter.images_per_second(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_model": best_path,
@@ -130,11 +135,16 @@ def _describe_model(
 def _results(
     history: dict[str, list[float]],
     test_accuracy: float,
-    before: float | None,
+    around: tuple[float | None, float | None],
     statistics: str,
     config: TrainConfig,
 ) -> dict[str, Any]:
-    """The summary's fields about how the run went."""
+    """The summary's fields about how the run went.
+
+    ``around`` is the test accuracy with the moving averages and with the
+    recalibrated statistics (both None when recalibration is off); the one
+    ``statistics`` names is ``test_accuracy``.
+    """
     return {
         "preset": config.preset,
         "dataset": config.dataset,
@@ -142,7 +152,8 @@ def _results(
         "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
         "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
         "test_accuracy": test_accuracy,
-        "test_accuracy_before_recalibration": before,
+        "test_accuracy_before_recalibration": around[0],
+        "test_accuracy_after_recalibration": around[1],
         "bn_statistics": statistics,
         "bn_recalibrate_steps": config.bn_recalibrate_steps,
         "bn_momentum": config.bn_momentum,

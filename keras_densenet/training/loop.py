@@ -215,6 +215,36 @@ def _callbacks(
     return callbacks
 
 
+#: How allocation failures read in errors of other kinds than ResourceExhaustedError
+#: (lower case): oneDNN's primitives report theirs as an AbortedError with status 1
+#: (``dnnl_out_of_memory``), C++ as ``std::bad_alloc``, the allocators as "failed to
+#: allocate" or "out of memory" (CUDA, XLA), the C library as ENOMEM.
+_OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "oom when allocating",
+    "failed to allocate",
+    "bad_alloc",
+    "cannot allocate memory",
+    "status: 1, message:",
+)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an error of ``model.fit`` means a batch did not fit in memory.
+
+    Args:
+        err: The error.
+
+    Returns:
+        True for a TensorFlow ``ResourceExhaustedError``, a ``MemoryError``, or an
+        error whose message reads as a failed allocation (`_OUT_OF_MEMORY_MESSAGES`).
+    """
+    if type(err).__name__ == "ResourceExhaustedError" or isinstance(err, MemoryError):
+        return True
+    message = str(err).lower()
+    return any(phrase in message for phrase in _OUT_OF_MEMORY_MESSAGES)
+
+
 def _fit(
     model: keras.Model,
     config: TrainConfig,
@@ -234,7 +264,7 @@ def _fit(
             verbose=config.verbose,
         )
     except Exception as err:
-        if type(err).__name__ == "ResourceExhaustedError" or isinstance(err, MemoryError):
+        if is_out_of_memory(err):
             raise OutOfMemoryError(
                 f"Out of memory at batch size {config.batch_size}: try --memory-efficient, a "
                 "smaller --batch-size, or --precision mixed_bfloat16/mixed_float16."
@@ -292,5 +322,6 @@ __all__ = [
     "OutOfMemoryError",
     "TrainingError",
     "build_training_model",
+    "is_out_of_memory",
     "train",
 ]
