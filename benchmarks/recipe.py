@@ -5,11 +5,15 @@ BN recalibration x learning-rate schedule x warm-up x label smoothing, and
 growth rate, batch size, learning rate, weight decay, precision), each in
 a fresh subprocess with the same seed, and records for each: test accuracy
 before and after BN recalibration (PreciseBN), the last epoch's training and
-validation accuracy, and the wall time. Writes a markdown table and JSON under
+validation accuracy, the statistics validation kept for the final model, and
+the wall time. Writes a markdown table and JSON under
 ``benchmarks/results/``.
 
     # the 2-epoch command, on the embedded sample (about 20 min on 2 cores)
     python -m benchmarks.recipe --dataset fashion_mnist_sample --epochs 2 --tag sample_2ep
+    # one epoch of full Fashion-MNIST (the Debian IDX files), L=22 (about 27 min)
+    python -m benchmarks.recipe --dataset fashion_mnist --depth 22 --epochs 1 --recalibrate 30 \
+        --tag fashion_mnist_1ep
     # only some axes, e.g. the README's 10-epoch job; every axis takes several values
     python -m benchmarks.recipe --epochs 10 --batch-size 32 --bn-momentum 0.9 \
         --recalibrate 30 --schedule step cosine --warmup 0 1 --label-smoothing 0 0.1 \
