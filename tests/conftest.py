@@ -226,12 +226,13 @@ def _reliability_report_path(config) -> str | None:
         pathlib.Path(config.invocation_params.dir, arg).resolve() == tests_dir
         for arg in config.args
     )
+    narrowing = ("keyword", "deselect", "maxfail", "lf", "stepwise", "ignore", "ignore_glob")
     if (
         not path
+        # a pytest-xdist worker runs only its share: the controller writes the report
+        or hasattr(config, "workerinput")
         or (config.getoption("markexpr") or "") != "reliability"
-        or config.getoption("keyword")
-        or config.getoption("deselect")
-        or config.getoption("maxfail")
+        or any(config.getoption(name, None) for name in narrowing)
         or not whole_folder
     ):
         return None
@@ -241,7 +242,8 @@ def _reliability_report_path(config) -> str | None:
 def pytest_sessionfinish(session, exitstatus):
     # Only when asked, only from a run that selected every reliability case
     # (``-m reliability`` over the whole tests folder: no -k, no paths or node
-    # ids, no --deselect, no -x/--maxfail) and finished each one it started: a
+    # ids, no --deselect/--ignore, no -x/--maxfail/--lf/--sw) and finished each one
+    # it started: a
     # test run never rewrites a tracked file on its own, nor with partial figures.
     if _reliability_report_path(session.config) is None or (
         not _RELIABILITY or len(_RELIABILITY) < len(_RELIABILITY_STARTED)

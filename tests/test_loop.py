@@ -309,7 +309,7 @@ class _Failing(keras.Model):
         tf.errors.InternalError(None, None, "std::bad_alloc"),
         tf.errors.UnknownError(None, None, "CUDA_ERROR_OUT_OF_MEMORY: out of memory"),
         RuntimeError("XLA: Failed to allocate request for 2.00GiB (2147483648B) on device"),
-        OSError(12, "Cannot allocate memory"),
+        OSError(12, "Cannot allocate memory"),  # errno.ENOMEM
     ],
     ids=["ResourceExhausted", "MemoryError", "oneDNN", "bad_alloc", "CUDA", "XLA", "ENOMEM"],
 )
@@ -336,8 +336,11 @@ def test_out_of_memory_lists_the_remedies(tmp_path, error) -> None:
             "file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1132",
         ),
         tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [64,10] vs. [32,10]"),
+        # Not a runtime's error, whatever it says: a file's name, an errno that is no ENOMEM
+        ValueError("Image file 'failed to allocate/out of memory.png' is not an image"),
+        OSError(28, "No space left on device: 'out of memory.log'"),
     ],
-    ids=["ValueError", "oneDNN-invalid-arguments", "InvalidArgument"],
+    ids=["ValueError", "oneDNN-invalid-arguments", "InvalidArgument", "named", "ENOSPC"],
 )
 def test_other_errors_of_fit_pass_through(tmp_path, error) -> None:
     with pytest.raises(type(error)) as err:

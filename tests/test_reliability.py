@@ -161,9 +161,10 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path, point, target, nth):
 
 
 # Runs the CLI with every transition layer asking TensorFlow's allocator for a
-# 128 TiB tensor in the training step: a real allocation failure, at the same
-# point on every machine. (Capping the process with RLIMIT_AS fails at a point that
-# varies from run to run, and some of those points crash TensorFlow itself.)
+# 128 TiB tensor in the training step: a real allocation failure (the CPU allocator
+# refuses anything over the machine's memory), at the same point on every machine.
+# (Capping the process with RLIMIT_AS fails at a point that varies from run to run,
+# and some of those points crash TensorFlow itself.)
 NEEDS_128_TIB = textwrap.dedent(
     """
     import sys
@@ -670,11 +671,15 @@ def test_the_report_is_written_only_for_every_reliability_case(tmp_path):
                 "keyword": "",
                 "deselect": None,
                 "maxfail": 0,
+                "lf": False,
+                "stepwise": False,
+                "ignore": None,
+                "ignore_glob": None,
                 **options,
             }
 
-        def getoption(self, name):
-            return self.options[name]
+        def getoption(self, name, default=None):
+            return self.options.get(name, default)
 
     assert _reliability_report_path(Config(["tests"])) == "R.md"
     assert _reliability_report_path(Config([tests_dir])) == "R.md"
@@ -684,8 +689,15 @@ def test_the_report_is_written_only_for_every_reliability_case(tmp_path):
         Config(["tests"], keyword="resume"),
         Config(["tests"], deselect=["tests/test_cli.py::test_x"]),
         Config(["tests"], maxfail=1),
+        Config(["tests"], lf=True),
+        Config(["tests"], stepwise=True),
+        Config(["tests"], ignore=["tests/test_cli.py"]),
+        Config(["tests"], ignore_glob=["*cli*"]),
         Config(["tests/test_cli.py"]),
         Config(["tests/test_cli.py::test_x"]),
         Config(["tests", "tests/test_cli.py"]),
     ]
     assert [_reliability_report_path(config) for config in refused] == [None] * len(refused)
+    worker = Config(["tests"])
+    worker.workerinput = {"workerid": "gw0"}  # pytest-xdist's mark of a worker
+    assert _reliability_report_path(worker) is None

@@ -39,6 +39,13 @@ def recalibrate_best(
     a short one they are far worse (0.28 against 0.71). Without one (the test
     split validates), recalibration is kept: the test split never chooses.
 
+    Args:
+        best: best.keras, loaded; its statistics are changed in place.
+        best_path: Where best.keras is; rewritten only if recalibration is kept.
+        data: The run's data (`recalibration` batches, unaugmented).
+        config: The run's options (``bn_recalibrate_steps``, ``validation_fraction``).
+        test_args: `evaluate` options for the test split.
+
     Returns:
         What best.keras now has, ``"recalibrated"`` or ``"moving averages"``,
         and where validation turned the recalibrated statistics down, the test
@@ -73,7 +80,20 @@ def finish_run(
     jit: bool,
     replicas: int,
 ) -> dict[str, Any]:
-    """Recalibrates and evaluates the best model, plots, and writes the summary."""
+    """Recalibrates and evaluates the best model, plots, and writes the summary.
+
+    Args:
+        config: The run's options.
+        data: The run's data.
+        model: The trained model (its name, parameters and dtype policy are recorded).
+        meter: The run's throughput.
+        started: ``time.perf_counter()`` when the run started.
+        jit: Whether XLA was on.
+        replicas: Devices the batch was split across.
+
+    Returns:
+        The summary, as written to ``summary.json``.
+    """
     from keras_densenet.viz import plot_history
 
     out = config.out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -215,16 +216,15 @@ def _callbacks(
     return callbacks
 
 
-#: How allocation failures read in errors of other kinds than ResourceExhaustedError
+#: How allocation failures read in runtime errors other than ResourceExhaustedError
 #: (lower case): oneDNN's primitives report theirs as an AbortedError with status 1
 #: (``dnnl_out_of_memory``), C++ as ``std::bad_alloc``, the allocators as "failed to
-#: allocate" or "out of memory" (CUDA, XLA), the C library as ENOMEM.
+#: allocate" or "out of memory" (CUDA, XLA, PyTorch).
 _OUT_OF_MEMORY_MESSAGES = (
     "out of memory",
     "oom when allocating",
     "failed to allocate",
     "bad_alloc",
-    "cannot allocate memory",
     "status: 1, message:",
 )
 
@@ -232,15 +232,26 @@ _OUT_OF_MEMORY_MESSAGES = (
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether an error of ``model.fit`` means a batch did not fit in memory.
 
+    Only errors a runtime raises are read by their message (TensorFlow's
+    ``OpError`` kinds, ``RuntimeError`` and its subclasses: XLA's, PyTorch's);
+    an ``OSError`` counts by its errno, and no other kind (a ``ValueError`` that
+    names a file "out of memory.png" is not one).
+
     Args:
         err: The error.
 
     Returns:
-        True for a TensorFlow ``ResourceExhaustedError``, a ``MemoryError``, or an
-        error whose message reads as a failed allocation (`_OUT_OF_MEMORY_MESSAGES`).
+        True for a TensorFlow ``ResourceExhaustedError``, a ``MemoryError``, an
+        ``OSError`` with ``errno.ENOMEM``, or a runtime error whose message reads as a
+        failed allocation (`_OUT_OF_MEMORY_MESSAGES`).
     """
-    if type(err).__name__ == "ResourceExhaustedError" or isinstance(err, MemoryError):
+    kinds = {cls.__name__ for cls in type(err).__mro__}
+    if "ResourceExhaustedError" in kinds or isinstance(err, MemoryError):
         return True
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOMEM
+    if "OpError" not in kinds and not isinstance(err, RuntimeError):
+        return False
     message = str(err).lower()
     return any(phrase in message for phrase in _OUT_OF_MEMORY_MESSAGES)
 
@@ -322,6 +333,5 @@ __all__ = [
     "OutOfMemoryError",
     "TrainingError",
     "build_training_model",
-    "is_out_of_memory",
     "train",
 ]
