@@ -297,7 +297,8 @@ class _Failing(keras.Model):
 @pytest.mark.parametrize(
     "error",
     [
-        tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"),
+        # by its kind alone (no phrase of the message list in it)
+        tf.errors.ResourceExhaustedError(None, None, "Graph execution error: [[node conv]]"),
         MemoryError(),
         # oneDNN's convolution when its memory cannot be had (dnnl_out_of_memory = 1)
         tf.errors.AbortedError(
@@ -307,11 +308,22 @@ class _Failing(keras.Model):
             "primitive, in file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1132",
         ),
         tf.errors.InternalError(None, None, "std::bad_alloc"),
+        # TensorFlow's allocator message, passed on by a kernel as another kind of error
+        tf.errors.UnknownError(None, None, "OOM when allocating tensor with shape[64,512]"),
         tf.errors.UnknownError(None, None, "CUDA_ERROR_OUT_OF_MEMORY: out of memory"),
         RuntimeError("XLA: Failed to allocate request for 2.00GiB (2147483648B) on device"),
         OSError(12, "Cannot allocate memory"),  # errno.ENOMEM
     ],
-    ids=["ResourceExhausted", "MemoryError", "oneDNN", "bad_alloc", "CUDA", "XLA", "ENOMEM"],
+    ids=[
+        "ResourceExhausted",
+        "MemoryError",
+        "oneDNN",
+        "bad_alloc",
+        "passed-on",
+        "CUDA",
+        "XLA",
+        "ENOMEM",
+    ],
 )
 def test_out_of_memory_lists_the_remedies(tmp_path, error) -> None:
     config = TrainConfig(batch_size=48, out=str(tmp_path))
