@@ -243,13 +243,11 @@ def pytest_sessionfinish(session, exitstatus):
     # Only when asked, only from a run that selected every reliability case
     # (``-m reliability`` over the whole tests folder: no -k, no paths or node
     # ids, no --deselect/--ignore, no -x/--maxfail/--lf/--sw) and finished each one
-    # it started: a
-    # test run never rewrites a tracked file on its own, nor with partial figures.
-    if _reliability_report_path(session.config) is None or (
-        not _RELIABILITY or len(_RELIABILITY) < len(_RELIABILITY_STARTED)
-    ):
-        return
+    # it started: a test run never rewrites a tracked file on its own, nor with
+    # partial figures.
     path = _reliability_report_path(session.config)
+    if path is None or not _RELIABILITY or len(_RELIABILITY) < len(_RELIABILITY_STARTED):
+        return
     import platform
     import time
 

@@ -625,30 +625,19 @@ def test_evaluate_checks_its_output_path_before_working(finished_run, tmp_path):
     assert target.read_text() == "a file, not a directory"
 
 
-def _report_args(tmp_path, *selection):
-    report = tmp_path / "RELIABILITY.md"
-    return report, [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        "-m",
-        "reliability",
-        "--reliability-report",
-        str(report),
-        *selection,
-    ]
-
-
 def test_a_partial_selection_never_writes_the_reliability_report(tmp_path):
     # Every reliability case of one file runs and holds: still not the figures.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    report, command = _report_args(tmp_path, "tests/test_images.py")
-    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    report = tmp_path / "RELIABILITY.md"
+    options = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "reliability"]
+    options += ["--reliability-report", str(report), "tests/test_images.py"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *options],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-2000:]
     assert not report.exists()
 
