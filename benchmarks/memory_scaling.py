@@ -24,7 +24,8 @@ library's. Two investigation variants patch the model's DenseLayers:
 ``efficient_no_conv`` recomputes only the concatenation and the first BN-ReLU
 and leaves the 1x1 convolution outside the rematerialized function;
 ``efficient_bn2`` also recomputes the second BN-ReLU, so only the 3x3
-convolution's input is stored per layer.
+convolution's input is stored per layer; ``efficient_layer`` recomputes the
+whole layer (both convolutions), so only its k new maps are stored.
 
 Examples:
     python -m benchmarks.memory_scaling --depths 40 100 160 250 --growth-rate 12 \
@@ -58,7 +59,7 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.memory_scaling"
-MODES = ("normal", "efficient", "efficient_no_conv", "efficient_bn2")
+MODES = ("normal", "efficient", "efficient_no_conv", "efficient_bn2", "efficient_layer")
 
 
 def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
@@ -71,7 +72,7 @@ def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
     import keras
     from keras import ops
 
-    from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+    from keras_densenet.normalization import batch_norm_pure, update_moving_statistics
 
     xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not (training and self.bn1.trainable):
@@ -97,7 +98,7 @@ def _call_remat_through_bn2(self: Any, inputs: Any, training: Any = None) -> Any
     import keras
     from keras import ops
 
-    from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+    from keras_densenet.normalization import batch_norm_pure, update_moving_statistics
 
     xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not (training and self.bn1.trainable and self.bn2.trainable) or self.dropout1:
@@ -115,6 +116,35 @@ def _call_remat_through_bn2(self: Any, inputs: Any, training: Any = None) -> Any
     update_moving_statistics(self.bn2, mean2, var2)
     x = self.conv2(z)
     return self.dropout2(x, training=training) if self.dropout2 is not None else x
+
+
+def _call_remat_whole_layer(self: Any, inputs: Any, training: Any = None) -> Any:
+    """Variant: rematerialize the whole layer; only its k new maps are stored.
+
+    Both convolutions, both BN-ReLUs and the concatenation are recomputed in
+    the backward pass, so nothing 4k-channel outlives the layer's forward
+    pass; the price is one more 3x3 convolution per layer and step.
+    """
+    import keras
+    from keras import ops
+
+    from keras_densenet.normalization import batch_norm_pure, update_moving_statistics
+
+    xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not (training and self.bn1.trainable and self.bn2.trainable) or self.dropout1:
+        return type(self).call(self, inputs, training=training)
+
+    def layer(*ts: Any) -> tuple[Any, ...]:
+        x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
+        y, mean1, var1 = batch_norm_pure(self.bn1, x)
+        y = self.conv1(ops.relu(y))
+        z, mean2, var2 = batch_norm_pure(self.bn2, y)
+        return self.conv2(ops.relu(z)), mean1, var1, mean2, var2
+
+    out, mean1, var1, mean2, var2 = keras.remat(layer)(*xs)
+    update_moving_statistics(self.bn1, mean1, var1)
+    update_moving_statistics(self.bn2, mean2, var2)
+    return out
 
 
 def build_model(config: dict[str, Any]) -> Any:
@@ -139,6 +169,8 @@ def build_model(config: dict[str, Any]) -> Any:
                 dense._bottleneck_remat = types.MethodType(_remat_without_conv, dense)
             elif mode == "efficient_bn2":
                 dense.call = types.MethodType(_call_remat_through_bn2, dense)
+            elif mode == "efficient_layer":
+                dense.call = types.MethodType(_call_remat_whole_layer, dense)
     return model
 
 

@@ -65,16 +65,30 @@ class _Transition(nn.Sequential):
 
 
 class TorchDenseNet(nn.Module):
-    """torchvision's DenseNet layout: features.{conv0,norm0,denseblockN,transitionN,norm5}."""
+    """torchvision's DenseNet layout: features.{conv0,norm0,denseblockN,transitionN,norm5}.
 
-    def __init__(self, growth: int, blocks: tuple[int, ...], stem: int, classes: int = 1000):
+    ``small_inputs=True`` replaces the ImageNet stem by the paper's CIFAR one
+    (a single 3x3 convolution, as `build_densenet`'s ``stem="cifar"``).
+    """
+
+    def __init__(
+        self,
+        growth: int,
+        blocks: tuple[int, ...],
+        stem: int,
+        classes: int = 1000,
+        small_inputs: bool = False,
+    ):
         super().__init__()
-        parts = OrderedDict(
-            conv0=nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False),
-            norm0=nn.BatchNorm2d(stem),
-            relu0=nn.ReLU(),
-            pool0=nn.MaxPool2d(3, stride=2, padding=1),
-        )
+        if small_inputs:  # the paper's CIFAR stem: one 3x3 convolution (gpleiss's small_inputs)
+            parts = OrderedDict(conv0=nn.Conv2d(3, stem, 3, padding=1, bias=False))
+        else:
+            parts = OrderedDict(
+                conv0=nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False),
+                norm0=nn.BatchNorm2d(stem),
+                relu0=nn.ReLU(),
+                pool0=nn.MaxPool2d(3, stride=2, padding=1),
+            )
         channels = stem
         for i, layers in enumerate(blocks):
             parts[f"denseblock{i + 1}"] = _Block(layers, channels, growth)

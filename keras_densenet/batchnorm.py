@@ -18,10 +18,11 @@ every validation pass on recalibrated statistics and puts the moving averages
 back afterwards, so training itself, its checkpoints and a resumed run are
 exactly as without it.
 
-`batch_norm_pure` and `update_moving_statistics` split a training-mode
-BatchNormalization into its pure forward pass and its state update, the form
-a rematerialized (``keras.remat``) function needs: the memory-efficient
-`DenseLayer` uses them.
+`batch_norm_pure` and `update_moving_statistics` (defined in
+`keras_densenet.normalization`, which also has the fused BatchNormalization
+layer) split a training-mode BatchNormalization into its pure forward pass
+and its state update, the form a rematerialized (``keras.remat``) function
+needs: the memory-efficient `DenseLayer` uses them.
 
 Example:
     >>> model.fit(train, validation_data=val, epochs=10,
@@ -37,10 +38,10 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_densenet._validation import check_positive_int
 from keras_densenet.architecture import RECALIBRATION_STEPS
+from keras_densenet.normalization import batch_norm_pure, update_moving_statistics
 
 #: Batches a recalibration uses unless told otherwise.
 DEFAULT_STEPS = RECALIBRATION_STEPS
@@ -349,52 +350,6 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         if self._saved is not None and self._recalibrator is not None:
             self._recalibrator.restore(self._saved)
             self._saved = None
-
-
-def batch_norm_pure(bn: keras.layers.BatchNormalization, x: Any) -> tuple[Any, Any, Any]:
-    """Training-mode BatchNormalization without its state update.
-
-    The pure form that a rematerialized (``keras.remat``) function needs:
-    ``jax.checkpoint`` refuses state updates inside it and TensorFlow's
-    ``recompute_grad`` would apply them twice. Pair it with
-    `update_moving_statistics` outside the recomputed function.
-
-    Args:
-        bn: A built BatchNormalization over the last axis.
-        x: Its input (NHWC).
-
-    Returns:
-        ``(y, mean, variance)``: the normalized output in ``bn``'s compute
-        dtype, and the batch moments (float32 or wider).
-    """
-    # BatchNormalization upcasts half-precision inputs the same way.
-    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    mean, variance = bn._moments(x, None)
-    y = ops.batch_normalization(
-        x,
-        mean,
-        variance,
-        axis=-1,
-        offset=ops.cast(bn.beta, x.dtype),
-        scale=ops.cast(bn.gamma, x.dtype),
-        epsilon=bn.epsilon,
-    )
-    return ops.cast(y, bn.compute_dtype), mean, variance
-
-
-def update_moving_statistics(bn: keras.layers.BatchNormalization, mean: Any, variance: Any) -> None:
-    """Folds batch moments into ``bn``'s moving averages, as BatchNormalization does.
-
-    Args:
-        bn: The BatchNormalization whose ``moving_mean``/``moving_variance``
-            are updated with its ``momentum``.
-        mean: Batch mean from `batch_norm_pure`.
-        variance: Batch variance from `batch_norm_pure`.
-    """
-    mean, variance = ops.stop_gradient(mean), ops.stop_gradient(variance)
-    for moving, batch in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
-        current = ops.cast(moving, batch.dtype)
-        moving.assign(current * bn.momentum + batch * (1.0 - bn.momentum))
 
 
 __all__ = [

@@ -24,7 +24,11 @@ from keras_densenet.architecture import (
     check_compression,
     compressed_channels,
 )
-from keras_densenet.batchnorm import batch_norm_pure, update_moving_statistics
+from keras_densenet.normalization import (
+    BatchNormalization,
+    batch_norm_pure,
+    update_moving_statistics,
+)
 
 _PACKAGE = "keras_densenet"
 
@@ -49,8 +53,8 @@ def _shape_of_inputs(input_shape: Any) -> tuple[int | None, ...]:
     return tuple(input_shape)
 
 
-def _bn(name: str, layer: keras.layers.Layer) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(
+def _bn(name: str, layer: keras.layers.Layer) -> BatchNormalization:
+    return BatchNormalization(
         axis=-1,
         epsilon=layer.bn_epsilon,
         momentum=layer.bn_momentum,

@@ -29,6 +29,7 @@ from keras_densenet.architecture import (
     resolve_config,
 )
 from keras_densenet.layers import DenseBlock, TransitionLayer
+from keras_densenet.normalization import BatchNormalization
 from keras_densenet.presets import CIFAR_STEM, PRESETS
 
 
@@ -283,9 +284,7 @@ def _stem(
         return keras.layers.Conv2D(features, 3, padding="same", **conv_args)(inputs)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(features, 7, strides=2, **conv_args)(x)
-    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="conv1_bn")(
-        x
-    )
+    x = BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="conv1_bn")(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
@@ -331,7 +330,7 @@ def _dense_blocks(
                 kernel_regularizer=kernel_regularizer,
                 name=f"pool{i + 2}",
             )(x)
-    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")(x)
+    x = BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")(x)
     return keras.layers.Activation("relu", name="relu")(x), pyramid
 
 

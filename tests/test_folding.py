@@ -252,7 +252,8 @@ def test_a_dense_layer_outside_a_block_folds_too():
     layer = folded.get_layer("layer")
     assert layer.folded and layer.bn2 is None and layer.conv1.use_bias
     x = np.random.default_rng(5).normal(size=(2, 6, 6, 8)).astype("float32")
-    np.testing.assert_allclose(folded(x), model(x, training=False), atol=1e-5)
+    # Outputs reach ~70: float32 rounding of the two graphs differs by a few 1e-7 of that.
+    np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-6, atol=1e-5)
 
 
 def test_a_foldable_pair_beside_one_that_is_not():

@@ -52,7 +52,9 @@ def images():
 def _outputs(model, images):
     """The pooled features and the probabilities, called eagerly (no graph to trace).
 
-    The features the classifier reads are compared with rtol, unlike saturated softmaxes.
+    The features the classifier reads are compared with rtol, unlike saturated softmaxes
+    (and an atol far below any weight mix-up for the features near 0: the fused
+    BatchNormalization kernel rounds differently from keras.applications' separate ops).
     """
     both = keras.Model(model.input, [model.get_layer("avg_pool").output, model.output])
     return [np.asarray(t) for t in both(images, training=False)]
@@ -65,7 +67,7 @@ def expected(reference, images):
 
 def assert_same_model(model, expected, images):
     pooled, probabilities = _outputs(model, images)
-    np.testing.assert_allclose(pooled, expected[0], rtol=2e-5)
+    np.testing.assert_allclose(pooled, expected[0], rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(probabilities, expected[1], atol=1e-6)
 
 

@@ -57,10 +57,12 @@ def _foldable_pairs(model: keras.Model) -> dict[str, str]:
     """``{batchnorm name: conv name}`` for each BN fed only by a Conv2D used only by it."""
     import keras
 
+    from keras_densenet.normalization import BatchNormalization
+
     pairs = {}
     for layer in model.layers:
-        if type(layer) is not keras.layers.BatchNormalization:  # a subclass may differ
-            continue
+        if type(layer) not in (keras.layers.BatchNormalization, BatchNormalization):
+            continue  # another subclass may compute something else
         if len(layer._inbound_nodes) != 1 or layer.axis not in (-1, 3):
             continue
         inputs = layer._inbound_nodes[0].input_tensors
