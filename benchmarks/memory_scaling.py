@@ -19,13 +19,15 @@ allocator on the CPU) ``tensor_peak`` is its peak over the timed steps and
 activation memory itself, free of the C allocator's caching and of graph
 construction.
 
-Modes: ``normal`` and ``efficient`` (``memory_efficient=True``) are the
-library's. Two investigation variants patch the model's DenseLayers:
+Modes: ``normal`` and ``efficient`` (``memory_efficient=True``: each dense
+layer recomputed whole, only its k new maps stored) are the library's.
+Investigation variants patch the model's DenseLayers:
+``efficient_bottleneck`` is the library's mode until 2026-12-06 (torchvision's
+and gpleiss's: concatenation, first BN-ReLU and 1x1 convolution recomputed);
 ``efficient_no_conv`` recomputes only the concatenation and the first BN-ReLU
 and leaves the 1x1 convolution outside the rematerialized function;
 ``efficient_bn2`` also recomputes the second BN-ReLU, so only the 3x3
-convolution's input is stored per layer; ``efficient_layer`` recomputes the
-whole layer (both convolutions), so only its k new maps are stored.
+convolution's input is stored per layer.
 
 Examples:
     python -m benchmarks.memory_scaling --depths 40 100 160 250 --growth-rate 12 \
@@ -59,7 +61,7 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.memory_scaling"
-MODES = ("normal", "efficient", "efficient_no_conv", "efficient_bn2", "efficient_layer")
+MODES = ("normal", "efficient", "efficient_bottleneck", "efficient_no_conv", "efficient_bn2")
 
 
 def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
@@ -118,33 +120,22 @@ def _call_remat_through_bn2(self: Any, inputs: Any, training: Any = None) -> Any
     return self.dropout2(x, training=training) if self.dropout2 is not None else x
 
 
-def _call_remat_whole_layer(self: Any, inputs: Any, training: Any = None) -> Any:
-    """Variant: rematerialize the whole layer; only its k new maps are stored.
+def _call_remat_bottleneck_only(self: Any, inputs: Any, training: Any = None) -> Any:
+    """Variant: the library's mode until 2026-12-06: only the bottleneck is recomputed.
 
-    Both convolutions, both BN-ReLUs and the concatenation are recomputed in
-    the backward pass, so nothing 4k-channel outlives the layer's forward
-    pass; the price is one more 3x3 convolution per layer and step.
+    Concat-BN-ReLU-Conv1x1 is rematerialized (``DenseLayer._bottleneck_remat``);
+    BN2-ReLU-Conv3x3 run as usual, so the two 4k-channel tensors of each layer
+    are stored.
     """
-    import keras
     from keras import ops
 
-    from keras_densenet.normalization import batch_norm_pure, update_moving_statistics
-
-    xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    if not (training and self.bn1.trainable and self.bn2.trainable) or self.dropout1:
+    if not self.bottleneck:
         return type(self).call(self, inputs, training=training)
-
-    def layer(*ts: Any) -> tuple[Any, ...]:
-        x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
-        y, mean1, var1 = batch_norm_pure(self.bn1, x)
-        y = self.conv1(ops.relu(y))
-        z, mean2, var2 = batch_norm_pure(self.bn2, y)
-        return self.conv2(ops.relu(z)), mean1, var1, mean2, var2
-
-    out, mean1, var1, mean2, var2 = keras.remat(layer)(*xs)
-    update_moving_statistics(self.bn1, mean1, var1)
-    update_moving_statistics(self.bn2, mean2, var2)
-    return out
+    x = self._bottleneck_remat(inputs, training)
+    if self.dropout1 is not None:
+        x = self.dropout1(x, training=training)
+    x = self.conv2(ops.relu(self.bn2(x, training=training)))
+    return self.dropout2(x, training=training) if self.dropout2 is not None else x
 
 
 def build_model(config: dict[str, Any]) -> Any:
@@ -167,10 +158,11 @@ def build_model(config: dict[str, Any]) -> Any:
         for dense in layer.dense_layers:
             if mode == "efficient_no_conv":
                 dense._bottleneck_remat = types.MethodType(_remat_without_conv, dense)
+                dense.call = types.MethodType(_call_remat_bottleneck_only, dense)
+            elif mode == "efficient_bottleneck":
+                dense.call = types.MethodType(_call_remat_bottleneck_only, dense)
             elif mode == "efficient_bn2":
                 dense.call = types.MethodType(_call_remat_through_bn2, dense)
-            elif mode == "efficient_layer":
-                dense.call = types.MethodType(_call_remat_whole_layer, dense)
     return model
 
 

@@ -12,6 +12,10 @@ TF Serving would load it. Each (variant, round) runs in a fresh process:
 - ``tf_unfolded``: the export with ``fold_batchnorm=False``;
 - ``tf_xla``: the folded export's signature wrapped in
   ``tf.function(jit_compile=True)`` in the serving process;
+- ``tf_inter1``: the folded export in a process with one inter-op thread
+  (``tf.config.threading.set_inter_op_parallelism_threads(1)``, TF Serving's
+  ``--tensorflow_inter_op_parallelism=1``): ops run one after another, each
+  on every core;
 - ``torch``: ``torch.inference_mode()``, channels_last, the same uint8 input
   converted, normalized and soft-maxed in the timed call.
 
@@ -47,7 +51,7 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.serving"
-VARIANTS = ("tf", "tf_unfolded", "tf_xla", "torch")
+VARIANTS = ("tf", "tf_unfolded", "tf_xla", "tf_inter1", "torch")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -101,6 +105,8 @@ def _serving_function(config: dict[str, Any]) -> Any:
         return lambda images: _torch_call(net, images)
     import tensorflow as tf
 
+    if variant == "tf_inter1":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     export = "unfolded" if variant == "tf_unfolded" else "folded"
     loaded = tf.saved_model.load(str(work / export / "1"))
     signature = loaded.signatures["serving_default"]

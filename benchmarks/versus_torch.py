@@ -172,6 +172,8 @@ def _summarize(runs: list[dict[str, Any]], impls: list[str]) -> list[dict[str, A
         rounds = sorted({r["round"] for r in group})
         for impl in impls:
             results = [by.get((impl, k), {}) for k in rounds]
+            if not any(results):
+                continue  # not run for this model (keras.applications: no CIFAR stem)
             row: dict[str, Any] = {
                 "model": key[0],
                 "batch_size": key[1],

@@ -176,17 +176,20 @@ class DenseLayer(_GrowthLayer):
 
     The input may be one NHWC tensor or a list of them (the features of all
     preceding layers), which are concatenated along channels first. With
-    ``memory_efficient=True`` that concatenation and the first BN-ReLU(-Conv1x1)
-    are recomputed in the backward pass (``keras.remat``) instead of stored,
-    which is where a DenseNet's training memory grows quadratically.
+    ``memory_efficient=True`` the whole layer (that concatenation, where a
+    DenseNet's training memory grows quadratically, both BN-ReLUs and the
+    bottleneck's maps) is recomputed in the backward pass (``keras.remat``)
+    instead of stored: only the ``growth_rate`` new maps are kept. Dropout
+    draws new numbers when recomputed, so a layer with dropout recomputes only
+    the concatenation, first BN-ReLU and 1x1 convolution in training.
 
     Args:
         growth_rate: Number of new feature maps k, a positive int.
         bottleneck: Whether to use the 1x1 bottleneck convolution.
         bottleneck_width: Bottleneck channels as a multiple of ``growth_rate``.
         dropout_rate: Dropout after each convolution, in [0, 1).
-        memory_efficient: Recompute the concatenation and first BN-ReLU
-            (-Conv1x1) in the backward pass instead of storing them.
+        memory_efficient: Recompute the layer in the backward pass instead
+            of storing its intermediate maps (see above).
         bn_momentum: Momentum of the BatchNormalization moving statistics,
             in [0, 1) (Keras convention; default 0.9, PyTorch's 0.1).
         bn_epsilon: BatchNormalization epsilon (default keras.applications'
@@ -281,16 +284,14 @@ class DenseLayer(_GrowthLayer):
         return self.conv1(x)
 
     def _bottleneck_remat(self, inputs: Any, training: Any) -> Any:
-        """The bottleneck, recomputed in the backward pass instead of stored.
+        """The bottleneck alone recomputed (a layer with dropout in training).
 
-        The recomputed function must be pure (``jax.checkpoint`` refuses state
-        updates inside it, and TensorFlow's ``recompute_grad`` would apply them twice),
-        so in training the batch statistics are returned from it and the
-        moving averages are updated here, as BatchNormalization would.
+        Dropout draws new random numbers when a function is recomputed, so it
+        stays outside: the bottleneck's output is stored for it.
         """
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bn = self.bn1
-        if not (training and bn.trainable):
+        if not bn.trainable:  # inference-mode BN: nothing to update
             return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
 
         def bottleneck(*ts: Any) -> tuple[Any, Any, Any]:
@@ -302,9 +303,48 @@ class DenseLayer(_GrowthLayer):
         update_moving_statistics(bn, mean, variance)
         return out
 
+    def _layer_remat(self, inputs: Any, training: Any) -> Any:
+        """The whole layer, recomputed in the backward pass instead of stored.
+
+        Only the ``growth_rate`` new maps outlive the forward pass; the
+        concatenation, both BN-ReLUs and the bottleneck's 4k maps are
+        recomputed. The recomputed function must be pure (``jax.checkpoint``
+        refuses state updates inside it, and TensorFlow's ``recompute_grad``
+        would apply them twice), so in training the batch statistics are
+        returned from it and the moving averages are updated here, as
+        BatchNormalization would.
+        """
+        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        norms = [bn for bn in (self.bn1, self.bn2) if bn is not None]
+        updated = [bn for bn in norms if training and bn.trainable]
+
+        def layer(*ts: Any) -> tuple[Any, ...]:
+            moments: list[Any] = []
+
+            def normalize(bn: Any, x: Any) -> Any:
+                if bn not in updated:
+                    return bn(x, training=False)
+                y, mean, variance = batch_norm_pure(bn, x)
+                moments.extend((mean, variance))
+                return y
+
+            x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
+            if self.bottleneck:
+                x = self.conv1(ops.relu(normalize(self.bn1, x)))
+            if self.bn2 is not None:
+                x = normalize(self.bn2, x)
+            return (self.conv2(ops.relu(x)), *moments)
+
+        out, *moments = keras.remat(layer)(*xs)
+        for i, bn in enumerate(updated):
+            update_moving_statistics(bn, moments[2 * i], moments[2 * i + 1])
+        return out
+
     def call(self, inputs: Any, training: Any = None) -> Any:
+        if self.memory_efficient and not (training and self.dropout_rate > 0):
+            return self._layer_remat(inputs, training)
         if self.bottleneck:
-            if self.memory_efficient:
+            if self.memory_efficient:  # (in training, with dropout)
                 x = self._bottleneck_remat(inputs, training)
             else:
                 x = self._bottleneck(inputs, training)
@@ -339,8 +379,8 @@ class DenseBlock(_GrowthLayer):
         bottleneck_width: Bottleneck channels as a multiple of ``growth_rate``.
         dropout_rate: Dropout after each convolution, in [0, 1).
         memory_efficient: Keep only the list of feature maps and recompute
-            each layer's concatenation and first BN-ReLU(-Conv1x1) in the
-            backward pass; memory then grows linearly with depth.
+            each layer in the backward pass (see `DenseLayer`); memory then
+            grows linearly with depth.
         bn_momentum: Momentum of the BatchNormalization moving statistics,
             in [0, 1) (Keras convention; default 0.9).
         bn_epsilon: BatchNormalization epsilon (default 1.001e-5).

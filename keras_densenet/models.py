@@ -164,8 +164,8 @@ def build_densenet(
             symmetrically) or ``"cifar"`` (one 3x3 conv). Defaults to
             ``"cifar"`` for a ``depth`` layout, else ``"imagenet"``.
         dropout_rate: Dropout after each convolution, in [0, 1) (default 0).
-        memory_efficient: Recompute concatenations and BN-ReLU(-Conv1x1) in
-            the backward pass to save training memory.
+        memory_efficient: Recompute each dense layer in the backward pass
+            (only its new maps are kept) to save training memory.
         bn_momentum: Momentum of every BatchNormalization's moving
             statistics, in [0, 1) (Keras convention; default 0.9, PyTorch's
             0.1). keras.applications uses 0.99, which after a short run

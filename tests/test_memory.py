@@ -1,6 +1,6 @@
 """build_densenet(memory_efficient=True) computes exactly what the normal mode does.
 
-Recomputing the bottleneck in the backward pass must change memory only:
+Recomputing each dense layer in the backward pass must change memory only:
 outputs, losses, gradients, BatchNormalization moving statistics and the
 weights after ``fit`` all match the normal mode with the same weights, in
 float32 and in graph mode. Memory and speed are measured in
@@ -119,13 +119,14 @@ def test_fit_gives_the_same_losses_and_weights(jit_compile):
     assert not np.allclose(initial[0], normal.get_weights()[0])
 
 
-def test_frozen_batch_norm_uses_moving_statistics():
+@pytest.mark.parametrize("frozen", ["bn1", "bn2"])
+def test_frozen_batch_norm_uses_moving_statistics(frozen):
     normal, efficient = _pair()
     for model in (normal, efficient):
         for layer in model.layers:
             if isinstance(layer, DenseBlock):
                 for dense in layer.dense_layers:
-                    dense.bn1.trainable = False
+                    getattr(dense, frozen).trainable = False
     x, _ = _data()
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(efficient(x, training=True)),
@@ -134,6 +135,28 @@ def test_frozen_batch_norm_uses_moving_statistics():
         atol=ATOL,
     )
     _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
+
+
+def test_dropout_in_training_gives_the_normal_gradients():
+    # Dropout would draw new masks if it were recomputed in the backward pass,
+    # so a layer with dropout keeps it outside the recomputed function. The
+    # same global seed gives both models the same dropout masks.
+    models = []
+    for efficient in (False, True):
+        keras.utils.set_random_seed(0)
+        models.append(build_densenet(**CONFIG, dropout_rate=0.3, memory_efficient=efficient))
+    normal, efficient = models
+    efficient.set_weights(normal.get_weights())
+    x, y = _data()
+    results = []
+    for model in (normal, efficient):
+        keras.utils.set_random_seed(1)
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+        results.append((loss.numpy(), tape.gradient(loss, model.trainable_weights)))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=RTOL)
+    for g_e, g_n, w in zip(results[1][1], results[0][1], normal.trainable_weights, strict=True):
+        np.testing.assert_allclose(g_e.numpy(), g_n.numpy(), rtol=1e-4, atol=1e-6, err_msg=w.path)
 
 
 def test_memory_efficient_model_saves_and_reloads(tmp_path):

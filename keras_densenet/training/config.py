@@ -59,7 +59,7 @@ class TrainConfig:
             ``depth`` for a custom one.
         depth, blocks, growth_rate, compression, bottleneck, dropout_rate:
             Architecture overrides of the preset (None keeps the preset's).
-        memory_efficient: Recompute BN-ReLU-Conv1x1 in the backward pass.
+        memory_efficient: Recompute each dense layer in the backward pass.
         bn_momentum: Momentum of the BatchNormalization moving statistics
             (Keras convention, default 0.9; keras.applications uses 0.99).
         bn_recalibrate_steps: Training batches (without augmentation) from
@@ -169,7 +169,7 @@ class TrainConfig:
     )
     memory_efficient: bool = _option(
         False,
-        Rule("bool", "recompute BN-ReLU-Conv1x1 in the backward pass to save memory", group=_ARCH),
+        Rule("bool", "recompute each dense layer in the backward pass to save memory", group=_ARCH),
     )
     bn_momentum: float = _option(
         BN_MOMENTUM,
