@@ -180,8 +180,9 @@ class DenseLayer(_GrowthLayer):
     DenseNet's training memory grows quadratically, both BN-ReLUs and the
     bottleneck's maps) is recomputed in the backward pass (``keras.remat``)
     instead of stored: only the ``growth_rate`` new maps are kept. Dropout
-    draws new numbers when recomputed, so a layer with dropout recomputes only
-    the concatenation, first BN-ReLU and 1x1 convolution in training.
+    draws new numbers when recomputed, so a bottleneck layer with dropout
+    recomputes only the concatenation, first BN-ReLU and 1x1 convolution in
+    training (the dropout after the last convolution stays outside).
 
     Args:
         growth_rate: Number of new feature maps k, a positive int.
@@ -291,7 +292,7 @@ class DenseLayer(_GrowthLayer):
         """
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bn = self.bn1
-        if not bn.trainable:  # inference-mode BN: nothing to update
+        if not (training and bn.trainable):  # inference-mode BN: nothing to update
             return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
 
         def bottleneck(*ts: Any) -> tuple[Any, Any, Any]:
@@ -307,7 +308,7 @@ class DenseLayer(_GrowthLayer):
         """The whole layer, recomputed in the backward pass instead of stored.
 
         Only the ``growth_rate`` new maps outlive the forward pass; the
-        concatenation, both BN-ReLUs and the bottleneck's 4k maps are
+        concatenation, both BN-ReLUs and the bottleneck's maps are
         recomputed. The recomputed function must be pure (``jax.checkpoint``
         refuses state updates inside it, and TensorFlow's ``recompute_grad``
         would apply them twice), so in training the batch statistics are
@@ -341,8 +342,13 @@ class DenseLayer(_GrowthLayer):
         return out
 
     def call(self, inputs: Any, training: Any = None) -> Any:
-        if self.memory_efficient and not (training and self.dropout_rate > 0):
-            return self._layer_remat(inputs, training)
+        # Dropout between the two convolutions would draw new masks when recomputed.
+        inner_dropout = training and self.dropout1 is not None
+        if self.memory_efficient and not inner_dropout:
+            x = self._layer_remat(inputs, training)
+            if self.dropout2 is not None:  # the last op: outside the recomputation
+                x = self.dropout2(x, training=training)
+            return x
         if self.bottleneck:
             if self.memory_efficient:  # (in training, with dropout)
                 x = self._bottleneck_remat(inputs, training)

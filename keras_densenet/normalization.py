@@ -11,9 +11,10 @@ layer otherwise: the same weights, names and moving-average rule (biased batch
 variance, Keras momentum), so keras.applications weights, `.keras` files and
 `recalibrate_batchnorm` see no difference; outputs and gradients equal the
 plain layer's within float rounding (tested). Where the fused kernel does not
-apply (the JAX and PyTorch backends, ``synchronized``, ``renorm``, a mask, an
-axis other than the last of a 4D input, epsilon below cuDNN's 1e-5) the layer
-runs Keras's own code.
+apply (the JAX and PyTorch backends, ``synchronized``, ``renorm``, a mask,
+``scale=False`` or ``center=False``, an axis other than the last of a 4D
+input, an input dtype other than float16/bfloat16/float32, epsilon below
+cuDNN's 1e-5) the layer runs Keras's own code.
 
 `batch_norm_pure` and `update_moving_statistics` split a training-mode
 BatchNormalization into its pure forward pass and its state update, the form
@@ -74,7 +75,7 @@ def _fused(bn: keras.layers.BatchNormalization, x: Any, training: bool) -> tuple
         # the biased one in its moving average, as tf.nn.moments gives it.
         shape = tf.shape(x)
         count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
-        variance = variance * tf.maximum(count - 1.0, 0.0) / tf.maximum(count, 1.0)
+        variance = tf.where(count > 1.0, variance * (count - 1.0) / count, 0.0)
     return y, mean, variance
 
 

@@ -137,14 +137,22 @@ def test_frozen_batch_norm_uses_moving_statistics(frozen):
     _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
 
 
-def test_dropout_in_training_gives_the_normal_gradients():
+@pytest.mark.parametrize("bottleneck", [True, False])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_dropout_in_training_gives_the_normal_gradients(bottleneck, frozen):
     # Dropout would draw new masks if it were recomputed in the backward pass,
     # so a layer with dropout keeps it outside the recomputed function. The
     # same global seed gives both models the same dropout masks.
     models = []
     for efficient in (False, True):
         keras.utils.set_random_seed(0)
-        models.append(build_densenet(**CONFIG, dropout_rate=0.3, memory_efficient=efficient))
+        model = build_densenet(
+            **CONFIG, bottleneck=bottleneck, dropout_rate=0.3, memory_efficient=efficient
+        )
+        for layer in model._flatten_layers():
+            if frozen and isinstance(layer, DenseLayer):
+                layer.input_batchnorm.trainable = False
+        models.append(model)
     normal, efficient = models
     efficient.set_weights(normal.get_weights())
     x, y = _data()
@@ -157,6 +165,7 @@ def test_dropout_in_training_gives_the_normal_gradients():
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=RTOL)
     for g_e, g_n, w in zip(results[1][1], results[0][1], normal.trainable_weights, strict=True):
         np.testing.assert_allclose(g_e.numpy(), g_n.numpy(), rtol=1e-4, atol=1e-6, err_msg=w.path)
+    _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
 
 
 def test_memory_efficient_model_saves_and_reloads(tmp_path):
