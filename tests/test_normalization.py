@@ -216,3 +216,63 @@ def test_xla_training_step_equals_the_plain_one():
     for a, b in zip(*statistics, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert losses[0][2] < losses[0][0]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 5), (2, 1, 1, 4)], ids=["non-square", "two values"])
+def test_moving_variance_counts_every_value_per_channel(shape):
+    # n = batch * height * width: a non-square map and n = 2 check the count.
+    bn = BatchNormalization(momentum=0.0)
+    x = np.random.default_rng(11).standard_normal(shape).astype("float32")
+    bn(x, training=True)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), x.var(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_an_explicit_last_axis_uses_the_fused_kernel():
+    x = tf.constant(np.random.default_rng(12).standard_normal((2, 3, 3, 4)).astype("float32"))
+    bn = BatchNormalization(axis=3)
+    bn.build(x.shape)
+    assert "FusedBatchNormV3" in _ops(bn, x, True)
+
+
+def test_float64_runs_keras_code():
+    shape = (2, 3, 3, 4)
+    ours, plain = _pair(shape, dtype="float64")
+    x = tf.constant(np.random.default_rng(13).standard_normal(shape))
+    assert "FusedBatchNormV3" not in _ops(ours, x, True)
+    np.testing.assert_allclose(ours(x, training=True).numpy(), plain(x, training=True).numpy())
+
+
+def test_a_mask_runs_keras_code_with_the_mask():
+    shape = (2, 3, 3, 4)
+    ours, plain = _pair(shape)
+    x = tf.constant(np.random.default_rng(14).standard_normal(shape).astype("float32"))
+    mask = tf.constant(np.arange(18).reshape(2, 3, 3) % 3 != 0)
+    np.testing.assert_allclose(
+        ours(x, training=True, mask=mask).numpy(),
+        plain(x, training=True, mask=mask).numpy(),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(ours.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "policy"),
+    [(1e-6, "mixed_bfloat16"), (1e-3, "mixed_bfloat16"), (1e-6, "float64")],
+    ids=["keras code", "fused", "float64"],
+)
+def test_batch_norm_pure_keeps_the_compute_dtype(epsilon, policy):
+    # epsilon below 1e-5 and float64 run Keras's ops; 1e-3 in bfloat16 the fused kernel.
+    shape = (2, 3, 3, 4)
+    ours, plain = _pair(shape, epsilon=epsilon, dtype=policy)
+    x = tf.cast(np.random.default_rng(15).standard_normal(shape), ours.compute_dtype)
+    y, mean, _ = batch_norm_pure(ours, x)
+    assert y.dtype == x.dtype
+    assert mean.dtype == (tf.float64 if policy == "float64" else tf.float32)
+    expected = tf.cast(plain(x, training=True), tf.float32).numpy()
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(
+        tf.cast(y, tf.float32).numpy(),
+        tf.cast(plain(x, training=True), tf.float32).numpy(),
+        rtol=1e-2,
+        atol=1e-2,
+    )
