@@ -53,6 +53,13 @@ def _shape_of_inputs(input_shape: Any) -> tuple[int | None, ...]:
     return tuple(input_shape)
 
 
+def _concat(inputs: Any) -> Any:
+    """One tensor, or a list of them concatenated along channels."""
+    if isinstance(inputs, (list, tuple)):
+        return ops.concatenate(inputs, axis=-1) if len(inputs) > 1 else inputs[0]
+    return inputs
+
+
 def _bn(name: str, layer: keras.layers.Layer) -> BatchNormalization:
     return BatchNormalization(
         axis=-1,
@@ -280,7 +287,7 @@ class DenseLayer(_GrowthLayer):
         self.conv2.build(shape)
 
     def _bottleneck(self, inputs: Any, training: Any = None) -> Any:
-        x = ops.concatenate(inputs, axis=-1) if isinstance(inputs, (list, tuple)) else inputs
+        x = _concat(inputs)
         x = ops.relu(self.bn1(x, training=training))
         return self.conv1(x)
 
@@ -296,7 +303,7 @@ class DenseLayer(_GrowthLayer):
             return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
 
         def bottleneck(*ts: Any) -> tuple[Any, Any, Any]:
-            x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
+            x = _concat(ts)
             y, mean, variance = batch_norm_pure(bn, x)
             return self.conv1(ops.relu(y)), mean, variance
 
@@ -329,7 +336,7 @@ class DenseLayer(_GrowthLayer):
                 moments.extend((mean, variance))
                 return y
 
-            x = ops.concatenate(ts, axis=-1) if len(ts) > 1 else ts[0]
+            x = _concat(ts)
             if self.bottleneck:
                 x = self.conv1(ops.relu(normalize(self.bn1, x)))
             if self.bn2 is not None:
@@ -357,7 +364,7 @@ class DenseLayer(_GrowthLayer):
             if self.dropout1 is not None:
                 x = self.dropout1(x, training=training)
         else:
-            x = ops.concatenate(inputs, axis=-1) if isinstance(inputs, (list, tuple)) else inputs
+            x = _concat(inputs)
         if self.bn2 is not None:
             x = self.bn2(x, training=training)
         x = self.conv2(ops.relu(x))
