@@ -9,11 +9,14 @@ DenseNet is also compared with the same network whose layers are all Keras's
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
+from conftest import TINY, same_package_env
 
 from keras_densenet import build_densenet, normalization
 from keras_densenet.layers import DenseLayer
@@ -276,3 +279,47 @@ def test_batch_norm_pure_keeps_the_compute_dtype(epsilon, policy):
         rtol=1e-2,
         atol=1e-2,
     )
+
+
+_REMAPPER_PROBE = """
+import sys
+
+import keras
+import numpy as np
+
+from keras_densenet import build_densenet, normalization
+
+if sys.argv[1] == "unblocked":
+    normalization._apart_from_the_next_op = lambda y: y
+model = build_densenet(**{tiny})
+model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype("float32")
+model.train_on_batch(x, np.arange(4))
+"""
+
+
+def _remapper_fusions(variant: str) -> int:
+    """How many BN+ReLU pairs Grappler fused in a training step, from its log."""
+    env = same_package_env(
+        normalization,
+        TF_CPP_MIN_LOG_LEVEL="0",
+        TF_CPP_VMODULE="remapper=2",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    probe = _REMAPPER_PROBE.replace("{tiny}", repr(TINY))
+    done = subprocess.run(
+        [sys.executable, "-c", probe, variant],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return done.stderr.count("Fuse Relu with FusedBatchNorm")
+
+
+def test_training_keeps_batchnorm_and_relu_apart_on_the_cpu():
+    """oneDNN's fused BN+ReLU holds more for its gradient: training never gets it."""
+    if _remapper_fusions("unblocked") == 0:
+        pytest.skip("this TensorFlow build does not fuse BatchNorm with ReLU on the CPU")
+    assert _remapper_fusions("ours") == 0
