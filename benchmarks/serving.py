@@ -16,6 +16,10 @@ TF Serving would load it. Each (variant, round) runs in a fresh process:
   (``tf.config.threading.set_inter_op_parallelism_threads(1)``, TF Serving's
   ``--tensorflow_inter_op_parallelism=1``): ops run one after another, each
   on every core;
+- ``tf_bfc``: the folded export in a process with TensorFlow's BFC allocator
+  on the CPU (``TF_CPU_ALLOCATOR_USE_BFC=true``): it keeps the memory of
+  freed tensors for the next request instead of handing large blocks back
+  to the C library (``munmap``) and faulting fresh pages in on every call;
 - ``torch``: ``torch.inference_mode()``, channels_last, the same uint8 input
   converted, normalized and soft-maxed in the timed call.
 
@@ -40,6 +44,7 @@ import numpy as np
 
 from benchmarks.common import (
     RESULTS_DIR,
+    TF_CPU_BFC_ENV,
     emit_result,
     fmt,
     markdown_table,
@@ -51,7 +56,7 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.serving"
-VARIANTS = ("tf", "tf_unfolded", "tf_xla", "tf_inter1", "torch")
+VARIANTS = ("tf", "tf_unfolded", "tf_xla", "tf_inter1", "tf_bfc", "torch")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                     "batch_size": args.batch_size,
                     "batches": args.batches,
                 }
-                result = run_worker(MODULE, config)
+                env = {TF_CPU_BFC_ENV: "true"} if variant == "tf_bfc" else None
+                result = run_worker(MODULE, config, env=env)
                 runs.append({"variant": variant, "round": round_, "result": result})
                 print(
                     f"round {round_} {variant}: batch-1 median "
