@@ -320,6 +320,34 @@ def _remapper_fusions(variant: str) -> int:
 
 def test_training_keeps_batchnorm_and_relu_apart_on_the_cpu():
     """oneDNN's fused BN+ReLU holds more for its gradient: training never gets it."""
+    # In-process too, so that mutation testing maps this test to the code it checks
+    # (the child process inherits the mutant).
+    BatchNormalization()(tf.zeros((1, 2, 2, 3)), training=True)
     if _remapper_fusions("unblocked") == 0:
         pytest.skip("this TensorFlow build does not fuse BatchNorm with ReLU on the CPU")
     assert _remapper_fusions("ours") == 0
+
+
+def _graph_ops(training: bool) -> set[str]:
+    bn = BatchNormalization()
+    bn.build((None, 4, 4, 3))
+    traced = tf.function(lambda x: tf.nn.relu(bn(x, training=training)))
+    graph = traced.get_concrete_function(tf.TensorSpec((None, 4, 4, 3))).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_the_guard_is_in_training_graphs_only_and_not_with_a_gpu(monkeypatch):
+    """Inference keeps the fusion (no backward pass); GPUs keep cuDNN's fused BN+ReLU."""
+    real = tf.config.list_logical_devices
+    assert ("EnsureShape" in _graph_ops(training=True)) is not bool(real("GPU"))
+    assert "EnsureShape" not in _graph_ops(training=False)
+
+    def with_a_gpu(device_type=None):
+        if device_type == "GPU":
+            return [tf.config.LogicalDevice("/device:GPU:0", "GPU")]
+        return real(device_type)
+
+    monkeypatch.setattr(tf.config, "list_logical_devices", with_a_gpu)
+    ops = _graph_ops(training=True)
+    assert "FusedBatchNormV3" in ops
+    assert "EnsureShape" not in ops
