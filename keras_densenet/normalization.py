@@ -90,7 +90,10 @@ def _apart_from_the_next_op(y: Any) -> Any:
     against 2,151 MiB unfused, and stepped in 1.67 s against 1.55 s
     (benchmarks/RESULTS.md, section 0). The remapper fuses only a ReLU whose
     input is the BatchNorm itself; ``EnsureShape`` between them passes the
-    same buffer on, costs nothing and survives Grappler's pruning.
+    same buffer on, costs nothing and survives Grappler's pruning. `_fused`
+    applies it when the step is traced and TensorFlow sees no GPU: a GPU
+    keeps cuDNN's fused op (not measured here), and so does a CPU op placed
+    explicitly on a machine that has a GPU.
     """
     import tensorflow as tf
 
