@@ -349,8 +349,9 @@ class DenseLayer(_GrowthLayer):
         return out
 
     def call(self, inputs: Any, training: Any = None) -> Any:
-        # Dropout between the two convolutions would draw new masks when recomputed.
-        inner_dropout = training and self.dropout1 is not None
+        # Dropout between the two convolutions would draw new masks when recomputed
+        # (a layer without a bottleneck has none there: it is recomputed whole).
+        inner_dropout = training and self.bottleneck and self.dropout1 is not None
         if self.memory_efficient and not inner_dropout:
             x = self._layer_remat(inputs, training)
             if self.dropout2 is not None:  # the last op: outside the recomputation

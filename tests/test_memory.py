@@ -184,3 +184,32 @@ def test_memory_efficient_model_saves_and_reloads(tmp_path):
     loss_a = efficient.train_on_batch(x, y)
     loss_b = reloaded.train_on_batch(x, y)
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_with_dropout_in_training_each_layer_is_still_recomputed(monkeypatch, bottleneck):
+    """Only a bottleneck's inner dropout keeps a layer from the whole-layer recomputation."""
+    recomputed = []
+    real_remat = keras.remat
+
+    def remat(function):
+        recomputed.append(function.__name__)
+        return real_remat(function)
+
+    monkeypatch.setattr(keras, "remat", remat)
+    layer = DenseLayer(4, bottleneck=bottleneck, dropout_rate=0.3, memory_efficient=True)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 6)).astype("float32")
+    assert layer(x, training=True).shape == (2, 8, 8, 4)  # a single tensor, not a list
+    assert recomputed == (["bottleneck"] if bottleneck else ["layer"])
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_inference_with_dropout_matches(bottleneck):
+    normal, efficient = _pair(bottleneck=bottleneck, dropout_rate=0.3)
+    x, _ = _data()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(efficient(x, training=False)),
+        keras.ops.convert_to_numpy(normal(x, training=False)),
+        rtol=RTOL,
+        atol=ATOL,
+    )
