@@ -298,10 +298,11 @@ model.train_on_batch(x, np.arange(4))
 """
 
 
-def _remapper_fusions(variant: str) -> tuple[int, bool]:
-    """BN+ReLU pairs Grappler fused in a training step (from its log), and whether oneDNN ran."""
+def _remapper_fusions(variant: str) -> int:
+    """BN+ReLU pairs Grappler fused in a training step on the CPU, from its log."""
     env = same_package_env(
         normalization,
+        TF_ENABLE_ONEDNN_OPTS="1",  # the remapper fuses BN+ReLU on a CPU only with oneDNN
         TF_CPP_MIN_LOG_LEVEL="0",
         TF_CPP_VMODULE="remapper=2",
         CUDA_VISIBLE_DEVICES="",
@@ -315,8 +316,7 @@ def _remapper_fusions(variant: str) -> tuple[int, bool]:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    onednn = "oneDNN custom operations are on" in done.stderr
-    return done.stderr.count("Fuse Relu with FusedBatchNorm"), onednn
+    return done.stderr.count("Fuse Relu with FusedBatchNorm")
 
 
 def test_training_keeps_batchnorm_and_relu_apart_on_the_cpu():
@@ -324,13 +324,10 @@ def test_training_keeps_batchnorm_and_relu_apart_on_the_cpu():
     # In-process too, so that mutation testing maps this test to the code it checks
     # (the child process inherits the mutant).
     BatchNormalization()(tf.zeros((1, 2, 2, 3)), training=True)
-    unblocked, onednn = _remapper_fusions("unblocked")
-    if not onednn:
-        pytest.skip("TensorFlow runs without oneDNN here: its remapper fuses no BN+ReLU on a CPU")
     # If this fails, TensorFlow no longer fuses (or logs) BN+ReLU on the CPU: the guard
     # and this test should be revisited.
-    assert unblocked > 0
-    assert _remapper_fusions("ours")[0] == 0
+    assert _remapper_fusions("unblocked") > 0
+    assert _remapper_fusions("ours") == 0
 
 
 def _relu_input_chain(training: bool) -> list[str]:
