@@ -19,14 +19,22 @@ allocator on the CPU) ``tensor_peak`` is its peak over the timed steps and
 activation memory itself, free of the C allocator's caching and of graph
 construction.
 
-Modes: ``normal`` and ``efficient`` (``memory_efficient=True``: each dense
-layer recomputed whole, only its k new maps stored) are the library's.
+Modes: ``normal`` and ``efficient`` (``memory_efficient=True``) are the
+library's. On TensorFlow ``efficient`` runs `keras_densenet.recompute`: each
+dense layer's forward pass stores only its k new maps (and, in the layers
+whose input has at least 4x as many channels as the bottleneck, the
+bottleneck's maps), and a hand-written backward pass recomputes the
+concatenation and the BN-ReLUs from the forward pass's batch moments.
 Investigation variants patch the model's DenseLayers:
-``efficient_bottleneck`` is the library's mode until 2026-12-06 (torchvision's
-and gpleiss's: concatenation, first BN-ReLU and 1x1 convolution recomputed);
-``efficient_no_conv`` recomputes only the concatenation and the first BN-ReLU
-and leaves the 1x1 convolution outside the rematerialized function;
-``efficient_bn2`` also recomputes the second BN-ReLU, so only the 3x3
+``efficient_remat`` is the library's mode until 2026-12-06 on TensorFlow (the
+whole layer rematerialized by ``keras.remat``, as on JAX and PyTorch);
+``efficient_store_none`` and ``efficient_store_all`` recompute every
+bottleneck, or store every one, instead of choosing by channels;
+``efficient_bottleneck`` is the mode before that (torchvision's and gpleiss's:
+concatenation, first BN-ReLU and 1x1 convolution rematerialized);
+``efficient_no_conv`` rematerializes only the concatenation and the first
+BN-ReLU and leaves the 1x1 convolution outside;
+``efficient_bn2`` also rematerializes the second BN-ReLU, so only the 3x3
 convolution's input is stored per layer.
 
 Examples:
@@ -61,7 +69,16 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.memory_scaling"
-MODES = ("normal", "efficient", "efficient_bottleneck", "efficient_no_conv", "efficient_bn2")
+MODES = (
+    "normal",
+    "efficient",
+    "efficient_remat",
+    "efficient_store_none",
+    "efficient_store_all",
+    "efficient_bottleneck",
+    "efficient_no_conv",
+    "efficient_bn2",
+)
 
 
 def _remat_without_conv(self: Any, inputs: Any, training: Any) -> Any:
@@ -151,6 +168,10 @@ def build_model(config: dict[str, Any]) -> Any:
         kwargs.update(depth=config["depth"], growth_rate=config["growth_rate"])
     if config.get("input_shape"):
         kwargs["input_shape"] = tuple(config["input_shape"])
+    if mode == "efficient_remat":
+        from keras_densenet import recompute
+
+        recompute.applies = lambda *args: False
     model = build_densenet(**kwargs)
     for layer in model.layers:
         if not isinstance(layer, DenseBlock):
@@ -163,6 +184,8 @@ def build_model(config: dict[str, Any]) -> Any:
                 dense.call = types.MethodType(_call_remat_bottleneck_only, dense)
             elif mode == "efficient_bn2":
                 dense.call = types.MethodType(_call_remat_through_bn2, dense)
+            elif mode in ("efficient_store_none", "efficient_store_all"):
+                dense._stores_bottleneck = dense.bottleneck and mode == "efficient_store_all"
     return model
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_densenet import recompute
 from keras_densenet._validation import check_bool, check_positive_int, check_rate
 from keras_densenet.architecture import (
     BN_EPSILON,
@@ -31,6 +32,10 @@ from keras_densenet.normalization import (
 )
 
 _PACKAGE = "keras_densenet"
+
+#: The memory-efficient mode (on TensorFlow) stores a layer's bottleneck maps
+#: when its input has at least this many channels per bottleneck channel.
+_STORE_BOTTLENECK_FROM = 4
 
 
 def _channels(shape: Sequence[int | None], what: str) -> int:
@@ -183,13 +188,20 @@ class DenseLayer(_GrowthLayer):
 
     The input may be one NHWC tensor or a list of them (the features of all
     preceding layers), which are concatenated along channels first. With
-    ``memory_efficient=True`` the whole layer (that concatenation, where a
-    DenseNet's training memory grows quadratically, both BN-ReLUs and the
-    bottleneck's maps) is recomputed in the backward pass (``keras.remat``)
-    instead of stored: only the ``growth_rate`` new maps are kept. Dropout
-    draws new numbers when recomputed, so a bottleneck layer with dropout
-    recomputes only the concatenation, first BN-ReLU and 1x1 convolution in
-    training (the dropout after the last convolution stays outside).
+    ``memory_efficient=True`` the layer keeps only its ``growth_rate`` new
+    maps from the forward pass: the concatenation (where a DenseNet's
+    training memory grows quadratically), both BN-ReLUs and the bottleneck's
+    maps are recomputed in the backward pass. On TensorFlow a hand-written
+    backward pass (`keras_densenet.recompute`) does it from the batch moments
+    of the forward pass and runs no convolution forward again but the 1x1
+    bottleneck; a layer whose input has at least 4x as many channels as its
+    bottleneck stores the bottleneck's maps instead, where recomputing them
+    costs the most. On JAX and PyTorch, or with a frozen BatchNormalization,
+    ``keras.remat`` recomputes the whole layer. Dropout draws new numbers
+    when recomputed, so a bottleneck layer with dropout stores its
+    bottleneck's maps in training and recomputes only the concatenation and
+    first BN-ReLU (with ``keras.remat``, the 1x1 convolution too); the dropout
+    after the last convolution stays outside.
 
     Args:
         growth_rate: Number of new feature maps k, a positive int.
@@ -277,7 +289,13 @@ class DenseLayer(_GrowthLayer):
 
     def build(self, input_shape: Any) -> None:
         shape = _shape_of_inputs(input_shape)
-        _channels(shape, "DenseLayer")
+        channels = _channels(shape, "DenseLayer")
+        # Recomputing the bottleneck's 1x1 convolution costs `channels`
+        # multiply-adds per value it saves storing: the memory-efficient mode
+        # stores the bottleneck's maps of the layers where that is dearest.
+        self._stores_bottleneck = self.bottleneck and channels >= _STORE_BOTTLENECK_FROM * (
+            self.bottleneck_width * self.growth_rate
+        )
         if self.bottleneck:
             self.bn1.build(shape)
             self.conv1.build(shape)
@@ -299,6 +317,10 @@ class DenseLayer(_GrowthLayer):
         """
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bn = self.bn1
+        if recompute.applies([(bn, self.conv1)], xs[0], training):
+            out, (mean, variance) = recompute.recompute_layer(xs, [(bn, self.conv1)])
+            update_moving_statistics(bn, mean, variance)
+            return out
         if not (training and bn.trainable):  # inference-mode BN: nothing to update
             return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
 
@@ -314,9 +336,11 @@ class DenseLayer(_GrowthLayer):
     def _layer_remat(self, inputs: Any, training: Any) -> Any:
         """The whole layer, recomputed in the backward pass instead of stored.
 
-        Only the ``growth_rate`` new maps outlive the forward pass; the
-        concatenation, both BN-ReLUs and the bottleneck's maps are
-        recomputed. The recomputed function must be pure (``jax.checkpoint``
+        Only the ``growth_rate`` new maps outlive the forward pass (and the
+        bottleneck's maps, on TensorFlow, where `build` chose to store them);
+        the concatenation, both BN-ReLUs and the bottleneck's maps are
+        recomputed. On TensorFlow `keras_densenet.recompute` does it where it
+        applies; otherwise ``keras.remat``, whose function must be pure (``jax.checkpoint``
         refuses state updates inside it, and TensorFlow's ``recompute_grad``
         would apply them twice), so in training the batch statistics are
         returned from it and the moving averages are updated here, as
@@ -324,6 +348,14 @@ class DenseLayer(_GrowthLayer):
         """
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         norms = [bn for bn in (self.bn1, self.bn2) if bn is not None]
+        if not self.folded:  # (folded: one BatchNorm for two convolutions)
+            convs = [c for c in (self.conv1, self.conv2) if c is not None]
+            stages = list(zip(norms, convs, strict=True))
+        if not self.folded and recompute.applies(stages, xs[0], training):
+            out, moments = recompute.recompute_layer(xs, stages, self._stores_bottleneck)
+            for bn, mean, variance in zip(norms, moments[0::2], moments[1::2], strict=True):
+                update_moving_statistics(bn, mean, variance)
+            return out
         updated = [bn for bn in norms if training and bn.trainable]
 
         def layer(*ts: Any) -> tuple[Any, ...]:

@@ -59,14 +59,39 @@ def _fusable(bn: keras.layers.BatchNormalization, x: Any) -> bool:
 def _fused(bn: keras.layers.BatchNormalization, x: Any, training: bool) -> tuple[Any, Any, Any]:
     import tensorflow as tf
 
+    moving = {}
+    if not training:
+        moving = {
+            "mean": tf.cast(bn.moving_mean, tf.float32),
+            "variance": tf.cast(bn.moving_variance, tf.float32),
+        }
+    scale, offset = tf.cast(bn.gamma, tf.float32), tf.cast(bn.beta, tf.float32)
+    y, mean, variance, _ = _fused_op(x, scale, offset, bn.epsilon, **moving)
+    if training and not tf.config.list_logical_devices("GPU"):
+        y = _apart_from_the_next_op(y)
+    return y, mean, variance
+
+
+def _fused_op(
+    x: Any, scale: Any, offset: Any, epsilon: float, mean: Any = None, variance: Any = None
+) -> tuple[Any, Any, Any, list[Any]]:
+    """One NHWC ``FusedBatchNormV3``, with the batch moments unless ``mean``/``variance`` are given.
+
+    Returns ``(y, mean, variance, reserve)``: in training form the biased
+    batch moments, and the three reserve spaces that ``FusedBatchNormGradV3``
+    takes with the same input.
+    """
+    import tensorflow as tf
+
+    training = mean is None
     empty = tf.constant([], tf.float32)
-    y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+    y, mean, variance, *reserve = tf.raw_ops.FusedBatchNormV3(
         x=x,
-        scale=tf.cast(bn.gamma, tf.float32),
-        offset=tf.cast(bn.beta, tf.float32),
-        mean=empty if training else tf.cast(bn.moving_mean, tf.float32),
-        variance=empty if training else tf.cast(bn.moving_variance, tf.float32),
-        epsilon=bn.epsilon,
+        scale=scale,
+        offset=offset,
+        mean=empty if training else mean,
+        variance=empty if training else variance,
+        epsilon=epsilon,
         data_format="NHWC",
         is_training=training,
     )
@@ -76,9 +101,7 @@ def _fused(bn: keras.layers.BatchNormalization, x: Any, training: bool) -> tuple
         shape = tf.shape(x)
         count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
         variance = tf.where(count > 1.0, variance * (count - 1.0) / count, 0.0)
-        if not tf.config.list_logical_devices("GPU"):
-            y = _apart_from_the_next_op(y)
-    return y, mean, variance
+    return y, mean, variance, reserve
 
 
 def _apart_from_the_next_op(y: Any) -> Any:

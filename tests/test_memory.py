@@ -3,22 +3,37 @@
 Recomputing each dense layer in the backward pass must change memory only:
 outputs, losses, gradients, BatchNormalization moving statistics and the
 weights after ``fit`` all match the normal mode with the same weights, in
-float32 and in graph mode. Memory and speed are measured in
+float32 and in graph mode. Every test runs on both of the mode's paths:
+TensorFlow's hand-written backward pass (`keras_densenet.recompute`) and
+``keras.remat``, which the JAX and PyTorch backends (and TensorFlow, where
+the first does not apply) use. Memory and speed are measured in
 ``benchmarks/memory_scaling.py``, never asserted here.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
+from conftest import TINY, same_package_env
 
-from keras_densenet import DenseBlock, DenseLayer, build_densenet
+from keras_densenet import DenseBlock, DenseLayer, build_densenet, recompute
 
 CONFIG = {**TINY, "input_shape": (16, 16, 3), "num_classes": 3}
 RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(autouse=True, params=["recompute", "remat"])
+def path(request, monkeypatch):
+    """Which path the memory-efficient mode takes on TensorFlow."""
+    if request.param == "remat":
+        monkeypatch.setattr(recompute, "applies", lambda *args: False)
+    return request.param
 
 
 def _pair(**overrides):
@@ -72,9 +87,32 @@ def test_forward_outputs_match(bottleneck, training, dropout_rate):
     )
 
 
-@pytest.mark.parametrize("bottleneck", [True, False])
-def test_loss_gradients_and_bn_statistics_match_in_graph_mode(bottleneck):
-    normal, efficient = _pair(bottleneck=bottleneck)
+#: Bottleneck 2 channels, so layers with 8 input channels or more store its maps:
+#: in block 1 the second layer (6 + 2 channels), in block 2 none (5, 7).
+SOME_STORED = {"growth_rate": 2, "bottleneck_width": 1, "num_init_features": 6}
+
+
+def test_layers_store_the_bottleneck_where_its_input_is_4x_wider():
+    _, efficient = _pair(**SOME_STORED)
+    stored = [
+        dense._stores_bottleneck
+        for block in efficient.layers
+        if isinstance(block, DenseBlock)
+        for dense in block.dense_layers
+    ]
+    assert stored == [False, True, False, False]
+    _, plain = _pair(bottleneck=False, num_init_features=64)
+    blocks = [b for b in plain.layers if isinstance(b, DenseBlock)]
+    assert not any(d._stores_bottleneck for b in blocks for d in b.dense_layers)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"bottleneck": False}, SOME_STORED],
+    ids=["bottleneck", "no bottleneck", "some bottlenecks stored"],
+)
+def test_loss_gradients_and_bn_statistics_match_in_graph_mode(overrides):
+    normal, efficient = _pair(**overrides)
     x, y = _data()
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
@@ -98,6 +136,35 @@ def test_loss_gradients_and_bn_statistics_match_in_graph_mode(bottleneck):
     _assert_same_weights(normal.non_trainable_weights, efficient.non_trainable_weights, "BN")
     moving = [w for w in normal.non_trainable_weights if "moving_mean" in w.path]
     assert moving and not any(np.allclose(w.numpy(), 0.0) for w in moving)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_gradients_match(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        normal, efficient = _pair()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    x, y = _data()
+    results = []
+    for model in (normal, efficient):
+
+        @tf.function
+        def step(images, labels, model=model):
+            with tf.GradientTape() as tape:
+                loss = keras.losses.sparse_categorical_crossentropy(
+                    labels, model(images, training=True)
+                )
+            return tf.reduce_mean(loss), tape.gradient(loss, model.trainable_weights)
+
+        results.append(step(x, y))
+    (loss_n, grads_n), (loss_e, grads_e) = results
+    np.testing.assert_allclose(loss_e.numpy(), loss_n.numpy(), rtol=1e-2)
+    for g_e, g_n, w in zip(grads_e, grads_n, normal.trainable_weights, strict=True):
+        assert g_e.dtype == g_n.dtype == tf.float32, w.path
+        # Half-precision rounding: the same gradient within 3% of its size.
+        difference = np.linalg.norm(g_e.numpy() - g_n.numpy())
+        assert difference <= 0.03 * np.linalg.norm(g_n.numpy()) + 1e-6, w.path
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -191,17 +258,82 @@ def test_memory_efficient_model_saves_and_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("bottleneck", [True, False])
-def test_with_dropout_in_training_each_layer_is_still_recomputed(monkeypatch, bottleneck):
+def test_with_dropout_in_training_each_layer_is_still_recomputed(monkeypatch, bottleneck, path):
     """Only a bottleneck's inner dropout keeps a layer from the whole-layer recomputation."""
     recomputed = []
-    real_remat = keras.remat
+    real_remat, real_recompute = keras.remat, recompute.recompute_layer
 
     def remat(function):
         recomputed.append(function.__name__)
         return real_remat(function)
 
+    def recompute_layer(inputs, stages, *args):
+        recomputed.append([conv.name for _, conv in stages])
+        return real_recompute(inputs, stages, *args)
+
     monkeypatch.setattr(keras, "remat", remat)
-    layer = DenseLayer(4, bottleneck=bottleneck, dropout_rate=0.3, memory_efficient=True)
+    monkeypatch.setattr(recompute, "recompute_layer", recompute_layer)
+    layer = DenseLayer(
+        4, bottleneck=bottleneck, dropout_rate=0.3, memory_efficient=True, name="layer"
+    )
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 6)).astype("float32")
     assert layer(x, training=True).shape == (2, 8, 8, 4)  # a single tensor, not a list
-    assert recomputed == (["bottleneck"] if bottleneck else ["layer"])
+    if path == "remat":
+        assert recomputed == (["bottleneck"] if bottleneck else ["layer"])
+    else:
+        assert recomputed == [["layer_1_conv"] if bottleneck else ["layer_2_conv"]]
+
+
+_MEMORY_PROBE = """
+import json, sys
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from keras_densenet import DenseBlock, recompute
+
+if sys.argv[1] == "remat":
+    recompute.applies = lambda *args: False
+peaks = {}
+for efficient in (False, True):
+    keras.utils.set_random_seed(0)
+    block = DenseBlock(16, 8, memory_efficient=efficient)
+    x = tf.random.normal((16, 16, 16, 8))
+    block.build(x.shape)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(block(x, training=True) ** 2)
+        return tape.gradient(loss, block.trainable_variables)
+
+    step(x)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    step(x)
+    peaks[efficient] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+print(json.dumps([peaks[False], peaks[True]]))
+"""
+
+
+def test_the_recomputation_does_not_keep_the_forward_maps(path):
+    """Grappler must not merge the recomputation with the forward pass (nor run it early).
+
+    A tensor-memory count (TensorFlow's BFC allocator on the CPU, in a child
+    process) of one training step of a 16-layer block: the concatenations of
+    the normal mode grow with the square of the depth, the memory-efficient
+    mode's maps with the depth. A recomputation merged with the forward pass
+    keeps the forward pass's maps and holds more than the normal mode.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, path],
+        env=same_package_env(recompute, TF_CPU_ALLOCATOR_USE_BFC="true", CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    normal, efficient = json.loads(done.stdout.strip().splitlines()[-1])
+    assert normal > 0
+    assert efficient < 0.6 * normal, (normal, efficient)
