@@ -196,7 +196,9 @@ class DenseLayer(_GrowthLayer):
     of the forward pass and runs no convolution forward again but the 1x1
     bottleneck; a layer whose input has at least 4x as many channels as its
     bottleneck stores the bottleneck's maps instead, where recomputing them
-    costs the most. On JAX and PyTorch, or with a frozen BatchNormalization,
+    costs the most. On JAX and PyTorch, and where TensorFlow's fused
+    BatchNorm kernel does not apply (a frozen or synchronized
+    BatchNormalization, epsilon below 1e-5, float64) or in a folded layer,
     ``keras.remat`` recomputes the whole layer. Dropout draws new numbers
     when recomputed, so a bottleneck layer with dropout stores its
     bottleneck's maps in training and recomputes only the concatenation and
@@ -230,6 +232,10 @@ class DenseLayer(_GrowthLayer):
         >>> DenseLayer(12)(x).shape
         (2, 8, 8, 12)
     """
+
+    #: Whether the memory-efficient mode (on TensorFlow) stores this layer's
+    #: bottleneck maps instead of recomputing them; `build` decides.
+    _stores_bottleneck = False
 
     def __init__(
         self,

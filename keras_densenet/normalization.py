@@ -116,7 +116,9 @@ def _apart_from_the_next_op(y: Any) -> Any:
     same buffer on, costs nothing and survives Grappler's pruning. `_fused`
     applies it when the step is traced and TensorFlow sees no GPU: a GPU
     keeps cuDNN's fused op (not measured here), and so does a CPU op placed
-    explicitly on a machine that has a GPU.
+    explicitly on a machine that has a GPU. `keras_densenet.recompute`
+    applies it on every device: its backward pass takes the reserve space of
+    the unfused op.
     """
     import tensorflow as tf
 

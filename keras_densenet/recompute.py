@@ -60,6 +60,21 @@ def applies(stages: Sequence[Stage], x: Any, training: Any) -> bool:
     )
 
 
+def _after(xs: Sequence[Any], gradient: Any) -> list[Any]:
+    """``xs`` with a zero added to the narrowest, a zero computed from ``gradient``.
+
+    A data dependency on ``gradient`` that costs one copy of the narrowest
+    input, as ``tf.recompute_grad`` does for XLA (its zero is NaN only if the
+    gradient's first element is, which would make the gradient NaN anyway).
+    """
+    import tensorflow as tf
+
+    first = tf.reduce_max(tf.reshape(gradient, [-1])[:1])
+    zero = tf.where(first == first, 0.0, float("nan"))
+    narrowest = min(range(len(xs)), key=lambda i: xs[i].shape[-1] or 0)
+    return [x + tf.cast(zero, x.dtype) if i == narrowest else x for i, x in enumerate(xs)]
+
+
 def recompute_layer(
     inputs: Sequence[Any], stages: Sequence[Stage], store_between: bool = False
 ) -> tuple[Any, list[Any]]:
@@ -115,47 +130,60 @@ def recompute_layer(
             h = conv2d(tf.nn.relu(_apart_from_the_next_op(y)), kernel)
 
         def gradient(d_out: Any, *unused: Any) -> list[Any]:
-            # Under a control dependency on the incoming gradient, Grappler can
-            # neither merge the recomputation with the forward pass (which would
-            # keep the forward maps alive) nor run it before it is needed.
-            with tf.control_dependencies([d_out]):
-                stage_inputs, relus = [concat(xs)], []
-                for i, (gamma, beta) in enumerate(zip(gammas, betas, strict=True)):
-                    if i and kept:
-                        stage_inputs.append(kept[i - 1])
-                    elif i:
-                        stage_inputs.append(conv2d(relus[-1], kernels[i - 1]))
+            stage_inputs: list[Any] = [None] * len(stages)
+            relus: list[Any] = [None] * len(stages)
+
+            def recompute(i: int, after: Any) -> None:
+                """Stage i's input and BN-ReLU output, once ``after`` (a gradient) exists.
+
+                The control dependency orders it for TensorFlow's executor; the
+                data dependency (`_after`) for XLA, which ignores control
+                dependencies. Together they keep Grappler and XLA from merging the
+                recomputed concatenation with the forward pass's (which would keep
+                the forward maps alive) and from running it before it is needed.
+                """
+                with tf.control_dependencies([after]):
+                    if i == 0:
+                        x = concat(_after(xs, after))
+                    elif kept:
+                        x = kept[i - 1]
+                    else:
+                        if relus[i - 1] is None:
+                            recompute(i - 1, after)
+                        x = conv2d(relus[i - 1], kernels[i - 1])
                     mean, variance = moments[2 * i], moments[2 * i + 1]
-                    y = _fused_op(stage_inputs[i], gamma, beta, epsilons[i], mean, variance)[0]
-                    relus.append(tf.nn.relu(y))
-                grads: list[Any] = []
-                d = d_out
-                for i in reversed(range(len(stages))):
-                    kernel, relu = kernels[i], relus[i]
-                    conv_args = {"strides": [1, 1, 1, 1], "padding": "SAME", "out_backprop": d}
-                    d_kernel = tf.raw_ops.Conv2DBackpropFilter(
-                        input=relu, filter_sizes=tf.shape(kernel), **conv_args
-                    )
-                    d_relu = tf.raw_ops.Conv2DBackpropInput(
-                        input_sizes=tf.shape(relu), filter=kernel, **conv_args
-                    )
-                    d, d_gamma, d_beta, *_ = tf.raw_ops.FusedBatchNormGradV3(
-                        y_backprop=tf.raw_ops.ReluGrad(gradients=d_relu, features=relu),
-                        x=stage_inputs[i],
-                        scale=gammas[i],
-                        reserve_space_1=reserves[i][0],
-                        reserve_space_2=reserves[i][1],
-                        reserve_space_3=reserves[i][2],
-                        epsilon=epsilons[i],
-                        data_format="NHWC",
-                        is_training=True,
-                    )
-                    grads = [d_gamma, d_beta, d_kernel, *grads]
-                if len(xs) > 1:
-                    d_inputs = tf.split(d, [int(x.shape[-1]) for x in xs], axis=-1)
-                else:
-                    d_inputs = [d]
-                return [*d_inputs, *grads]
+                    y = _fused_op(x, gammas[i], betas[i], epsilons[i], mean, variance)[0]
+                stage_inputs[i], relus[i] = x, tf.nn.relu(y)
+
+            grads: list[Any] = []
+            d = d_out
+            for i in reversed(range(len(stages))):
+                if relus[i] is None:
+                    recompute(i, d)
+                kernel, relu = kernels[i], relus[i]
+                conv_args = {"strides": [1, 1, 1, 1], "padding": "SAME", "out_backprop": d}
+                d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                    input=relu, filter_sizes=tf.shape(kernel), **conv_args
+                )
+                d_relu = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(relu), filter=kernel, **conv_args
+                )
+                d, d_gamma, d_beta, *_ = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_relu, features=relu),
+                    x=stage_inputs[i],
+                    scale=gammas[i],
+                    reserve_space_1=reserves[i][0],
+                    reserve_space_2=reserves[i][1],
+                    reserve_space_3=reserves[i][2],
+                    epsilon=epsilons[i],
+                    data_format="NHWC",
+                    is_training=True,
+                )
+                grads = [d_gamma, d_beta, d_kernel, *grads]
+            if len(xs) == 1:
+                return [d, *grads]
+            sizes = [x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1] for x in xs]
+            return [*tf.split(d, sizes, axis=-1), *grads]
 
         return (h, *moments), gradient
 

@@ -27,6 +27,7 @@ declare -A TESTS=(
   [architecture]="tests/test_architecture.py"
   [layers]="tests/test_layers.py tests/test_memory.py"
   [normalization]="tests/test_normalization.py"
+  [recompute]="tests/test_memory.py"
   [models]="tests/test_models.py"
   [batchnorm]="tests/test_batchnorm.py"
   [weights]="tests/test_weights.py tests/test_weights_torch.py"
@@ -69,7 +70,7 @@ KERAS_LAYER_MODULES=(layers)
 # presets.py is left out: its table is built when the module is imported, before
 # mutmut switches a mutant on, so no test can see one (its counts are checked
 # against ANCHORS.md in tests/test_architecture.py instead).
-MODULES=(_io _validation rundir architecture layers models batchnorm weights
+MODULES=(_io _validation rundir architecture layers recompute models batchnorm weights
          training/config training/callbacks training/resume training/recipe
          training/data training/finish training/loop
          export/folding export/versions export/inputs export/model export/serving

@@ -13,6 +13,8 @@ the first does not apply) use. Memory and speed are measured in
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -34,6 +36,20 @@ def path(request, monkeypatch):
     if request.param == "remat":
         monkeypatch.setattr(recompute, "applies", lambda *args: False)
     return request.param
+
+
+@pytest.fixture
+def recomputed(monkeypatch):
+    """Each call of `recompute.recompute_layer`: its stages' convolutions, store_between."""
+    calls = []
+    real = recompute.recompute_layer
+
+    def recompute_layer(inputs, stages, *args):
+        calls.append(([conv.name.rsplit("_", 2)[-2] for _, conv in stages], *args))
+        return real(inputs, stages, *args)
+
+    monkeypatch.setattr(recompute, "recompute_layer", recompute_layer)
+    return calls
 
 
 def _pair(**overrides):
@@ -107,26 +123,33 @@ def test_layers_store_the_bottleneck_where_its_input_is_4x_wider():
 
 
 @pytest.mark.parametrize(
-    "overrides",
-    [{}, {"bottleneck": False}, SOME_STORED],
-    ids=["bottleneck", "no bottleneck", "some bottlenecks stored"],
+    ("overrides", "graph", "expected"),
+    [
+        ({}, True, [(["1", "2"], False)] * 4),
+        ({}, False, [(["1", "2"], False)] * 4),
+        ({"bottleneck": False}, True, [(["2"], False)] * 4),
+        (SOME_STORED, True, [(["1", "2"], stored) for stored in (False, True, False, False)]),
+    ],
+    ids=["bottleneck", "bottleneck, eager", "no bottleneck", "some bottlenecks stored"],
 )
-def test_loss_gradients_and_bn_statistics_match_in_graph_mode(overrides):
+def test_loss_gradients_and_bn_statistics_match(overrides, graph, expected, path, recomputed):
     normal, efficient = _pair(**overrides)
     x, y = _data()
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
     def make_step(model):
-        @tf.function
         def step(images, labels):
             with tf.GradientTape() as tape:
                 loss = loss_fn(labels, model(images, training=True))
             return loss, tape.gradient(loss, model.trainable_weights)
 
-        return step
+        return tf.function(step) if graph else step
 
     loss_n, grads_n = make_step(normal)(x, y)
     loss_e, grads_e = make_step(efficient)(x, y)
+    # Each dense layer took the path under test: its stages (1x1 and 3x3, or 3x3 alone)
+    # and whether its bottleneck's maps were stored.
+    assert recomputed == (expected if path == "recompute" else [])
     np.testing.assert_allclose(loss_e.numpy(), loss_n.numpy(), rtol=RTOL)
     assert len(grads_e) == len(grads_n) == len(normal.trainable_weights)
     for g_e, g_n, w in zip(grads_e, grads_n, normal.trainable_weights, strict=True):
@@ -139,7 +162,7 @@ def test_loss_gradients_and_bn_statistics_match_in_graph_mode(overrides):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_gradients_match(policy):
+def test_mixed_precision_outputs_gradients_and_bn_statistics_match(policy):
     keras.mixed_precision.set_dtype_policy(policy)
     try:
         normal, efficient = _pair()
@@ -160,6 +183,11 @@ def test_mixed_precision_gradients_match(policy):
         results.append(step(x, y))
     (loss_n, grads_n), (loss_e, grads_e) = results
     np.testing.assert_allclose(loss_e.numpy(), loss_n.numpy(), rtol=1e-2)
+    for a, b in zip(normal.non_trainable_weights, efficient.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-2, atol=1e-3, err_msg=a.path)
+    outputs_n = keras.ops.convert_to_numpy(normal(x, training=True)).astype("float32")
+    outputs_e = keras.ops.convert_to_numpy(efficient(x, training=True)).astype("float32")
+    np.testing.assert_allclose(outputs_e, outputs_n, rtol=1e-2, atol=1e-2)
     for g_e, g_n, w in zip(grads_e, grads_n, normal.trainable_weights, strict=True):
         assert g_e.dtype == g_n.dtype == tf.float32, w.path
         # Half-precision rounding: the same gradient within 3% of its size.
@@ -337,3 +365,56 @@ def test_the_recomputation_does_not_keep_the_forward_maps(path):
     normal, efficient = json.loads(done.stdout.strip().splitlines()[-1])
     assert normal > 0
     assert efficient < 0.6 * normal, (normal, efficient)
+
+
+_XLA_PROBE = """
+import sys
+
+import keras
+import tensorflow as tf
+
+from keras_densenet import DenseBlock, recompute
+
+if sys.argv[1] == "remat":
+    recompute.applies = lambda *args: False
+keras.utils.set_random_seed(0)
+block = DenseBlock(16, 8, memory_efficient=sys.argv[2] == "efficient")
+x = tf.random.normal((16, 16, 16, 8))
+block.build(x.shape)
+
+
+@tf.function(jit_compile=True)
+def step(x):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(block(x, training=True) ** 2)
+    return tape.gradient(loss, block.trainable_variables)
+
+
+step(x)
+"""
+
+
+def _xla_bytes(path: str, mode: str, dump: pathlib.Path) -> int:
+    """The bytes XLA's buffer assignment gives one compiled training step of a 16-layer block."""
+    done = subprocess.run(
+        [sys.executable, "-c", _XLA_PROBE, path, mode],
+        env=same_package_env(recompute, XLA_FLAGS=f"--xla_dump_to={dump}", CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    totals = [
+        int(re.search(r"Total bytes used: (\d+)", f.read_text()).group(1))
+        for f in dump.glob("*buffer-assignment.txt")
+    ]
+    assert totals, f"XLA wrote no buffer assignment to {dump}"
+    return max(totals)  # the training step's module (the others are tiny)
+
+
+@pytest.mark.parametrize("path", ["recompute"], indirect=True)  # (keras.remat: TensorFlow's own)
+def test_under_xla_the_recomputation_does_not_keep_the_forward_maps(path, tmp_path):
+    """XLA ignores control dependencies: a data dependency keeps it from merging the passes."""
+    normal = _xla_bytes(path, "normal", tmp_path / "normal")
+    efficient = _xla_bytes(path, "efficient", tmp_path / "efficient")
+    assert efficient < 0.8 * normal, (normal, efficient)
