@@ -324,7 +324,7 @@ class DenseLayer(_GrowthLayer):
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bn = self.bn1
         if recompute.applies([(bn, self.conv1)], xs[0], training):
-            out, (mean, variance) = recompute.recompute_layer(xs, [(bn, self.conv1)])
+            out, (mean, variance) = recompute.recompute_layer(xs, [(bn, self.conv1)], False)
             update_moving_statistics(bn, mean, variance)
             return out
         if not (training and bn.trainable):  # inference-mode BN: nothing to update

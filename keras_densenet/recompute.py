@@ -76,7 +76,7 @@ def _after(xs: Sequence[Any], gradient: Any) -> list[Any]:
 
 
 def recompute_layer(
-    inputs: Sequence[Any], stages: Sequence[Stage], store_between: bool = False
+    inputs: Sequence[Any], stages: Sequence[Stage], store_between: bool
 ) -> tuple[Any, list[Any]]:
     """Runs BN-ReLU-Conv stages on the concatenated inputs, recomputing them in the backward pass.
 
@@ -107,7 +107,7 @@ def recompute_layer(
         ]
 
     def concat(xs: Sequence[Any]) -> Any:
-        return tf.concat(list(xs), axis=-1) if len(xs) > 1 else xs[0]
+        return tf.concat(list(xs), axis=-1)  # (one input: the tensor itself, not a copy)
 
     def conv2d(x: Any, kernel: Any) -> Any:
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")

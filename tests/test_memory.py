@@ -412,9 +412,25 @@ def _xla_bytes(path: str, mode: str, dump: pathlib.Path) -> int:
     return max(totals)  # the training step's module (the others are tiny)
 
 
+@pytest.mark.parametrize("path", ["recompute"], indirect=True)
+def test_after_adds_a_zero_from_the_gradient_to_the_narrowest_input(path):
+    xs = [tf.fill((1, 2, 2, 3), 1.0), tf.fill((1, 2, 2, 1), 2.0), tf.fill((1, 2, 2, 2), 3.0)]
+    out = recompute._after(xs, tf.constant([[5.0, float("nan")]]))
+    assert out[0] is xs[0] and out[2] is xs[2] and out[1] is not xs[1]
+    for got, x in zip(out, xs, strict=True):
+        np.testing.assert_array_equal(got.numpy(), x.numpy())
+    # The zero is computed from the gradient's first element (NaN only if that is).
+    out = recompute._after(xs, tf.constant([[float("nan"), 1.0]]))
+    assert np.isnan(out[1].numpy()).all() and out[0] is xs[0]
+    half = [tf.ones((1, 1, 1, 2), "float16"), tf.ones((1, 1, 1, 1), "float16")]
+    assert recompute._after(half, tf.ones((3,), "float16"))[1].dtype == tf.float16
+
+
 @pytest.mark.parametrize("path", ["recompute"], indirect=True)  # (keras.remat: TensorFlow's own)
 def test_under_xla_the_recomputation_does_not_keep_the_forward_maps(path, tmp_path):
     """XLA ignores control dependencies: a data dependency keeps it from merging the passes."""
+    # In-process too, so that mutation testing maps this test to the code it checks.
+    recompute._after([tf.zeros((1, 1, 1, 1))], tf.zeros((1,)))
     normal = _xla_bytes(path, "normal", tmp_path / "normal")
     efficient = _xla_bytes(path, "efficient", tmp_path / "efficient")
     assert efficient < 0.8 * normal, (normal, efficient)
