@@ -189,21 +189,13 @@ class DenseLayer(_GrowthLayer):
     The input may be one NHWC tensor or a list of them (the features of all
     preceding layers), which are concatenated along channels first. With
     ``memory_efficient=True`` the layer keeps only its ``growth_rate`` new
-    maps from the forward pass: the concatenation (where a DenseNet's
-    training memory grows quadratically), both BN-ReLUs and the bottleneck's
-    maps are recomputed in the backward pass. On TensorFlow a hand-written
-    backward pass (`keras_densenet.recompute`) does it from the batch moments
-    of the forward pass and runs no convolution forward again but the 1x1
-    bottleneck; a layer whose input has at least 4x as many channels as its
-    bottleneck stores the bottleneck's maps instead, where recomputing them
-    costs the most. On JAX and PyTorch, and where TensorFlow's fused
-    BatchNorm kernel does not apply (a frozen or synchronized
-    BatchNormalization, epsilon below 1e-5, float64) or in a folded layer,
-    ``keras.remat`` recomputes the whole layer. Dropout draws new numbers
-    when recomputed, so a bottleneck layer with dropout stores its
-    bottleneck's maps in training and recomputes only the concatenation and
-    first BN-ReLU (with ``keras.remat``, the 1x1 convolution too); the dropout
-    after the last convolution stays outside.
+    maps (and, in layers whose input has at least 4x the bottleneck's
+    channels, the bottleneck's maps): the concatenation, where a DenseNet's
+    training memory grows quadratically, and the BN-ReLUs are recomputed in
+    the backward pass, on TensorFlow by `keras_densenet.recompute`, elsewhere
+    (and where it does not apply) by ``keras.remat``. Dropout draws new
+    numbers when recomputed, so a bottleneck layer with dropout stores its
+    bottleneck's maps in training; the last dropout stays outside.
 
     Args:
         growth_rate: Number of new feature maps k, a positive int.
@@ -321,12 +313,11 @@ class DenseLayer(_GrowthLayer):
         Dropout draws new random numbers when a function is recomputed, so it
         stays outside: the bottleneck's output is stored for it.
         """
+        out = recompute.train_layer(inputs, [(self.bn1, self.conv1)], False, training)
+        if out is not None:
+            return out
         xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bn = self.bn1
-        if recompute.applies([(bn, self.conv1)], xs[0], training):
-            out, (mean, variance) = recompute.recompute_layer(xs, [(bn, self.conv1)], False)
-            update_moving_statistics(bn, mean, variance)
-            return out
         if not (training and bn.trainable):  # inference-mode BN: nothing to update
             return keras.remat(lambda *ts: self._bottleneck(list(ts), training))(*xs)
 
@@ -342,26 +333,19 @@ class DenseLayer(_GrowthLayer):
     def _layer_remat(self, inputs: Any, training: Any) -> Any:
         """The whole layer, recomputed in the backward pass instead of stored.
 
-        Only the ``growth_rate`` new maps outlive the forward pass (and the
-        bottleneck's maps, on TensorFlow, where `build` chose to store them);
-        the concatenation, both BN-ReLUs and the bottleneck's maps are
-        recomputed. On TensorFlow `keras_densenet.recompute` does it where it
-        applies; otherwise ``keras.remat``, whose function must be pure (``jax.checkpoint``
-        refuses state updates inside it, and TensorFlow's ``recompute_grad``
-        would apply them twice), so in training the batch statistics are
-        returned from it and the moving averages are updated here, as
-        BatchNormalization would.
+        Where `recompute.train_layer` does not apply, ``keras.remat``, whose
+        function must be pure (``jax.checkpoint`` refuses state updates inside
+        it, ``recompute_grad`` would apply them twice): the batch statistics
+        are returned from it and the moving averages updated here.
         """
-        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         norms = [bn for bn in (self.bn1, self.bn2) if bn is not None]
-        if not self.folded:  # (folded: one BatchNorm for two convolutions)
-            convs = [c for c in (self.conv1, self.conv2) if c is not None]
-            stages = list(zip(norms, convs, strict=True))
-        if not self.folded and recompute.applies(stages, xs[0], training):
-            out, moments = recompute.recompute_layer(xs, stages, self._stores_bottleneck)
-            for bn, mean, variance in zip(norms, moments[0::2], moments[1::2], strict=True):
-                update_moving_statistics(bn, mean, variance)
+        convs = [c for c in (self.conv1, self.conv2) if c is not None]
+        # (none when folded: one BatchNorm for two convolutions)
+        stages = [] if self.folded else list(zip(norms, convs, strict=True))
+        out = recompute.train_layer(inputs, stages, self._stores_bottleneck, training)
+        if out is not None:
             return out
+        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         updated = [bn for bn in norms if training and bn.trainable]
 
         def layer(*ts: Any) -> tuple[Any, ...]:

@@ -40,7 +40,7 @@ _MIN_FUSED_EPSILON = 1e-5
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
 
-def _fusable(bn: keras.layers.BatchNormalization, x: Any) -> bool:
+def fusable(bn: keras.layers.BatchNormalization, x: Any) -> bool:
     """Whether TensorFlow's fused kernel computes exactly what ``bn`` does on ``x``."""
     shape = x.shape
     return (
@@ -66,13 +66,13 @@ def _fused(bn: keras.layers.BatchNormalization, x: Any, training: bool) -> tuple
             "variance": tf.cast(bn.moving_variance, tf.float32),
         }
     scale, offset = tf.cast(bn.gamma, tf.float32), tf.cast(bn.beta, tf.float32)
-    y, mean, variance, _ = _fused_op(x, scale, offset, bn.epsilon, **moving)
+    y, mean, variance, _ = fused_batch_norm(x, scale, offset, bn.epsilon, **moving)
     if training and not tf.config.list_logical_devices("GPU"):
-        y = _apart_from_the_next_op(y)
+        y = apart_from_the_next_op(y)
     return y, mean, variance
 
 
-def _fused_op(
+def fused_batch_norm(
     x: Any, scale: Any, offset: Any, epsilon: float, mean: Any = None, variance: Any = None
 ) -> tuple[Any, Any, Any, list[Any]]:
     """One NHWC ``FusedBatchNormV3``, with the batch moments unless ``mean``/``variance`` are given.
@@ -104,7 +104,7 @@ def _fused_op(
     return y, mean, variance, reserve
 
 
-def _apart_from_the_next_op(y: Any) -> Any:
+def apart_from_the_next_op(y: Any) -> Any:
     """Keeps Grappler from fusing a training-mode BatchNorm with its ReLU on the CPU.
 
     With oneDNN, TensorFlow's remapper turns ``FusedBatchNormV3`` + ``Relu``
@@ -142,7 +142,7 @@ def batch_norm_pure(bn: keras.layers.BatchNormalization, x: Any) -> tuple[Any, A
         ``(y, mean, variance)``: the normalized output in ``bn``'s compute
         dtype, and the biased batch moments (float32 or wider).
     """
-    if _fusable(bn, x):
+    if fusable(bn, x):
         y, mean, variance = _fused(bn, x, training=True)
         return ops.cast(y, bn.compute_dtype), mean, variance
     # BatchNormalization upcasts half-precision inputs the same way.
@@ -195,7 +195,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     """
 
     def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        if mask is not None or not _fusable(self, inputs):
+        if mask is not None or not fusable(self, inputs):
             return super().call(inputs, training=training, mask=mask)
         if training and self.trainable:
             y, mean, variance = _fused(self, inputs, training=True)

@@ -28,7 +28,12 @@ from typing import Any
 
 import keras
 
-from keras_densenet.normalization import _apart_from_the_next_op, _fusable, _fused_op
+from keras_densenet.normalization import (
+    apart_from_the_next_op,
+    fusable,
+    fused_batch_norm,
+    update_moving_statistics,
+)
 
 #: One stage of a DenseLayer: a BatchNormalization, then ReLU, then this convolution.
 Stage = tuple[keras.layers.BatchNormalization, keras.layers.Conv2D]
@@ -49,7 +54,7 @@ def applies(stages: Sequence[Stage], x: Any, training: Any) -> bool:
     """
     return bool(training) and all(
         bn.trainable
-        and _fusable(bn, x)
+        and fusable(bn, x)
         and not conv.use_bias
         and conv.padding == "same"
         and tuple(conv.strides) == (1, 1)
@@ -58,6 +63,31 @@ def applies(stages: Sequence[Stage], x: Any, training: Any) -> bool:
         and conv.data_format == "channels_last"
         for bn, conv in stages
     )
+
+
+def train_layer(
+    inputs: Any, stages: Sequence[Stage], store_between: bool, training: Any
+) -> Any | None:
+    """`recompute_layer` with the moving statistics updated, where `applies` holds.
+
+    Args:
+        inputs: One NHWC tensor, or the list of them the layer concatenates.
+        stages: The layer's ``(BatchNormalization, Conv2D)`` pairs (none: a
+            form this module does not compute).
+        store_between: As for `recompute_layer`.
+        training: The layer's ``training`` argument.
+
+    Returns:
+        The last convolution's output, or None where `applies` does not
+        hold (the caller then uses ``keras.remat``).
+    """
+    xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not stages or not applies(stages, xs[0], training):
+        return None
+    output, moments = recompute_layer(xs, stages, store_between)
+    for (bn, _), mean, variance in zip(stages, moments[0::2], moments[1::2], strict=True):
+        update_moving_statistics(bn, mean, variance)
+    return output
 
 
 def _after(xs: Sequence[Any], gradient: Any) -> list[Any]:
@@ -123,11 +153,11 @@ def recompute_layer(
         ):
             if i and store_between:
                 kept.append(h)  # a later stage's input (the bottleneck's maps)
-            y, mean, variance, reserve = _fused_op(h, gamma, beta, epsilon)
+            y, mean, variance, reserve = fused_batch_norm(h, gamma, beta, epsilon)
             moments += [mean, variance]
             reserves.append(reserve)
             # Always apart: a remapped BatchNorm+ReLU would hand back another reserve space.
-            h = conv2d(tf.nn.relu(_apart_from_the_next_op(y)), kernel)
+            h = conv2d(tf.nn.relu(apart_from_the_next_op(y)), kernel)
 
         def gradient(d_out: Any, *unused: Any) -> list[Any]:
             stage_inputs: list[Any] = [None] * len(stages)
@@ -152,7 +182,7 @@ def recompute_layer(
                             recompute(i - 1, after)
                         x = conv2d(relus[i - 1], kernels[i - 1])
                     mean, variance = moments[2 * i], moments[2 * i + 1]
-                    y = _fused_op(x, gammas[i], betas[i], epsilons[i], mean, variance)[0]
+                    y = fused_batch_norm(x, gammas[i], betas[i], epsilons[i], mean, variance)[0]
                 stage_inputs[i], relus[i] = x, tf.nn.relu(y)
 
             grads: list[Any] = []

@@ -174,7 +174,7 @@ def test_a_densenet_trains_as_with_keras_batchnormalization(monkeypatch, memory_
     config = {**TINY, "stem": "imagenet", "memory_efficient": memory_efficient}
     keras.utils.set_random_seed(0)
     fused = build_densenet(**config)
-    monkeypatch.setattr(normalization, "_fusable", lambda bn, x: False)
+    monkeypatch.setattr(normalization, "fusable", lambda bn, x: False)
     keras.utils.set_random_seed(0)
     plain = build_densenet(**config)
     plain.set_weights(fused.get_weights())
@@ -292,7 +292,7 @@ import numpy as np
 from keras_densenet import build_densenet, normalization
 
 if sys.argv[1] == "unblocked":
-    normalization._apart_from_the_next_op = lambda y: y
+    normalization.apart_from_the_next_op = lambda y: y
 model = build_densenet(**{tiny})
 model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
 x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype("float32")
