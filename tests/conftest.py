@@ -97,6 +97,22 @@ def _float32_policy():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
+def assert_close(actual, expected, rtol: float, err_msg: str = "") -> None:
+    """``actual`` equals ``expected`` to ``rtol`` of the largest magnitude in ``expected``.
+
+    A float32 network's rounding error scales with the values it adds up, not
+    with each output: an output near 0 (a feature, a logit, a mean) carries the
+    absolute error of its larger terms, and oneDNN's kernels round differently
+    from one CPU to the next. So the tolerance is relative to the output's
+    scale (``atol = rtol x max |expected|``), never ``rtol`` alone.
+    """
+    expected = np.asarray(expected)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    np.testing.assert_allclose(
+        np.asarray(actual), expected, rtol=rtol, atol=rtol * scale, err_msg=err_msg
+    )
+
+
 def assert_saved_model_round_trip(model: keras.Model, path: str, inputs: np.ndarray) -> keras.Model:
     """Saves ``model`` as ``.keras``, reloads it in safe mode, checks predictions."""
     before = model.predict(inputs, verbose=0)

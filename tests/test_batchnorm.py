@@ -10,7 +10,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, same_package_env
+from conftest import TINY, assert_close, same_package_env
 
 from keras_densenet import build_densenet
 from keras_densenet.batchnorm import (
@@ -170,7 +170,7 @@ def test_callback_scores_validation_on_recalibrated_stats_and_restores_them():
     expected.set_weights(model.get_weights())
     moving_after_training = _stats(expected.get_layer("bn"))[0]
     recalibrate_batchnorm(expected, IMAGES[:64], steps=1, batch_size=64)
-    np.testing.assert_allclose(spy.during[0], _stats(expected.get_layer("bn"))[0], rtol=1e-4)
+    assert_close(spy.during[0], _stats(expected.get_layer("bn"))[0], 1e-4)
     # After validation the moving averages are back: checkpoints see training's state.
     np.testing.assert_array_equal(spy.after[0], moving_after_training)
 
@@ -321,7 +321,7 @@ def test_recalibrator_snapshot_restore_and_models_without_batchnorm():
     assert [s.shape for s in saved] == [(3,), (3,), (2,), (2,)]
     data = RNG.normal(5.0, 2.0, (40, 3)).astype("float32")
     assert recalibrator(iter([data[:0], data[:25], data[25:]]), None) == 40  # empty skipped
-    np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[0], data.mean(0), rtol=1e-5)
+    assert_close(_stats(model.get_layer("bn_a"))[0], data.mean(0), 1e-5)
     np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[1], data.var(0), rtol=1e-4)
     recalibrator.restore(saved)
     pairs = zip(saved[::2], saved[1::2], strict=True)
@@ -347,18 +347,14 @@ def test_callback_continues_its_data_and_follows_a_new_model():
     callback.on_test_end()  # before any validation: nothing to restore
     before = _stats(model.get_layer("bn_a"))
     callback.on_test_begin()  # batches 0 and 1
-    np.testing.assert_allclose(
-        _stats(model.get_layer("bn_a"))[0], np.concatenate(batches[:2]).mean(0), rtol=1e-5
-    )
+    assert_close(_stats(model.get_layer("bn_a"))[0], np.concatenate(batches[:2]).mean(0), 1e-5)
     callback.on_test_end()
     np.testing.assert_array_equal(_stats(model.get_layer("bn_a"))[0], before[0])
     callback.on_test_end()  # a second end changes nothing
     np.testing.assert_array_equal(_stats(model.get_layer("bn_a"))[0], before[0])
     callback.on_test_begin()  # the next pass continues: batches 2 and 0
-    np.testing.assert_allclose(
-        _stats(model.get_layer("bn_a"))[0],
-        np.concatenate([batches[2], batches[0]]).mean(0),
-        rtol=1e-5,
+    assert_close(
+        _stats(model.get_layer("bn_a"))[0], np.concatenate([batches[2], batches[0]]).mean(0), 1e-5
     )
     callback.on_test_end()
     other = _bn_model()  # (a KerasTuner trial's next model)
@@ -386,7 +382,7 @@ def test_pure_batchnorm_and_its_update_match_keras_batchnormalization():
     y, mean, variance = batch_norm_pure(ours, x)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(y), expected, rtol=1e-5, atol=1e-5)
     flat = x.reshape(-1, 5).astype(np.float64)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(mean), flat.mean(0), rtol=1e-5)
+    assert_close(keras.ops.convert_to_numpy(mean), flat.mean(0), 1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variance), flat.var(0), rtol=1e-4)
     np.testing.assert_array_equal(_stats(ours)[0], 0.0)  # pure: nothing updated yet
     update_moving_statistics(ours, mean, variance)
@@ -478,4 +474,4 @@ def test_recalibration_needs_no_pytorch_on_other_backends(monkeypatch):
     model = _bn_model()
     data = RNG.normal(2.0, 1.0, (16, 3)).astype("float32")
     assert recalibrate_batchnorm(model, data, steps=None) == 16
-    np.testing.assert_allclose(_stats(model.get_layer("bn_a"))[0], data.mean(0), rtol=1e-5)
+    assert_close(_stats(model.get_layer("bn_a"))[0], data.mean(0), 1e-5)

@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from keras_densenet import DenseBlock, DenseLayer, build_densenet
 from keras_densenet.export import export_savedmodel, fold_batchnorm, read_export_info
@@ -76,7 +77,7 @@ def test_folded_model_saves_and_reloads(tmp_path) -> None:
     path = tmp_path / "folded.keras"
     folded.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(_logits(reloaded, images), _logits(folded, images), rtol=1e-6)
+    assert_close(_logits(reloaded, images), _logits(folded, images), 1e-6)
     assert reloaded.get_layer("conv2").get_config()["folded"] is True
 
 

@@ -8,7 +8,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import assert_saved_model_round_trip
+from conftest import assert_close, assert_saved_model_round_trip
 
 from keras_densenet import DenseBlock, DenseLayer, TransitionLayer
 from keras_densenet.layers import BN_EPSILON
@@ -132,9 +132,9 @@ def test_dense_block_concatenation_order():
     assert out.shape == (2, 8, 8, 16 + 3 * 4)
     np.testing.assert_array_equal(out[..., :16], X)  # the input comes first
     first_new = keras.ops.convert_to_numpy(block.dense_layers[0](X))
-    np.testing.assert_allclose(out[..., 16:20], first_new, rtol=1e-6)
+    assert_close(out[..., 16:20], first_new, 1e-6)
     second_new = keras.ops.convert_to_numpy(block.dense_layers[1](out[..., :20]))
-    np.testing.assert_allclose(out[..., 20:24], second_new, rtol=1e-5, atol=1e-6)
+    assert_close(out[..., 20:24], second_new, 1e-5)
     assert [layer.name for layer in block.dense_layers] == [
         "conv2_block1",
         "conv2_block2",

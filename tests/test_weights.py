@@ -8,6 +8,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import assert_close
 from keras.src.legacy.saving import legacy_h5_format
 
 from keras_densenet import build_densenet, densenet121, load_keras_applications_weights
@@ -67,7 +68,7 @@ def expected(reference, images):
 
 def assert_same_model(model, expected, images):
     pooled, probabilities = _outputs(model, images)
-    np.testing.assert_allclose(pooled, expected[0], rtol=2e-5, atol=1e-6)
+    assert_close(pooled, expected[0], 2e-5)
     np.testing.assert_allclose(probabilities, expected[1], atol=1e-6)
 
 
@@ -94,11 +95,7 @@ def test_notop_model_instance(images):
     )
     model = densenet121(include_top=False, pooling="avg", input_shape=SHAPE)
     load_keras_applications_weights(model, reference)
-    np.testing.assert_allclose(
-        np.asarray(model(images, training=False)),
-        np.asarray(reference(images, training=False)),
-        rtol=2e-5,
-    )
+    assert_close(model(images, training=False), reference(images, training=False), 2e-5)
 
 
 def test_mismatched_architecture_is_refused(legacy_file):
@@ -205,7 +202,7 @@ def _logits_equal(model, reference):
         keras.Model(m.input, m.get_layer("relu").output)(x, training=False)
         for m in (model, reference)
     ]
-    np.testing.assert_allclose(np.asarray(features[0]), np.asarray(features[1]), rtol=2e-5)
+    assert_close(features[0], features[1], 2e-5)
     np.testing.assert_allclose(
         np.asarray(model(x, training=False)), np.asarray(reference(x, training=False)), atol=1e-6
     )
@@ -268,9 +265,7 @@ def test_small_instance_and_notop_load_exactly():
     )
     load_keras_applications_weights(notop, notop_ref)
     x = np.random.default_rng(7).normal(size=(2, *SMALL_SHAPE)).astype("float32")
-    np.testing.assert_allclose(
-        np.asarray(notop(x, training=False)), np.asarray(notop_ref(x, training=False)), rtol=2e-5
-    )
+    assert_close(notop(x, training=False), notop_ref(x, training=False), 2e-5)
 
 
 def test_refusals_name_the_source_and_what_differs(tmp_path):
