@@ -28,6 +28,7 @@ from keras_densenet.architecture import (
     model_name,
     resolve_config,
 )
+from keras_densenet.heads import classifier_head
 from keras_densenet.layers import DenseBlock, TransitionLayer
 from keras_densenet.normalization import BatchNormalization
 from keras_densenet.presets import CIFAR_STEM, PRESETS
@@ -337,11 +338,7 @@ def _dense_blocks(
 def _head(x: Any, include_top: bool, pooling: str | None, num_classes: int, activation: Any) -> Any:
     """keras.applications' top: the classifier, or global pooling, or nothing."""
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        # float32 classifier: stable softmax and float32 outputs under mixed precision.
-        return keras.layers.Dense(
-            num_classes, activation=activation, name="predictions", dtype="float32"
-        )(x)
+        return classifier_head(x, num_classes, activation=activation)
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if pooling == "max":
@@ -349,10 +346,68 @@ def _head(x: Any, include_top: bool, pooling: str | None, num_classes: int, acti
     return x
 
 
+def build_backbone(
+    preset: str | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    name: str | None = None,
+    **kwargs: Any,
+) -> keras.Model:
+    """A DenseNet backbone: images to the final BN-ReLU features, for a task head.
+
+    `build_densenet` without a top: the same architecture arguments, the
+    same layer names. Put a head on it with
+    `keras_densenet.heads.build_classifier`; its dense blocks' outputs are
+    `keras_densenet.heads.pyramid_outputs`.
+
+    Args:
+        preset: A name in `PRESETS`, or None with ``blocks``/``depth``.
+        weights: None, or pretrained weights for the backbone alone (any
+            source `keras_densenet.weights.load_backbone_weights` reads:
+            keras.applications, torchvision, timm, keras-hub, a ``.keras``
+            file or a run directory); a classifier in the file is ignored.
+        name: Model name (default: what was built, plus ``_backbone``).
+        **kwargs: `build_densenet`'s architecture, input and normalization
+            arguments (``blocks``, ``growth_rate``, ``input_shape``,
+            ``normalization``, ``memory_efficient``, ``bn_epsilon``, ...).
+
+    Returns:
+        An uncompiled ``keras.Model`` with a 4D output.
+
+    Raises:
+        TypeError: For a head argument (``include_top``, ``pooling``,
+            ``num_classes``, ``classifier_activation``, ``feature_outputs``)
+            or an argument of the wrong type.
+        ValueError: As `build_densenet`, and for weights that do not fit the
+            backbone (nothing is loaded then).
+    """
+    head = sorted(set(kwargs) & _HEAD_ARGUMENTS)
+    if head:
+        raise TypeError(
+            f"build_backbone() takes no head arguments, got {head}: put a head on the "
+            "backbone with keras_densenet.heads.build_classifier."
+        )
+    if weights is not None and kwargs.get("bn_epsilon") is None and is_torch_weights(weights):
+        kwargs["bn_epsilon"] = TORCH_BN_EPSILON  # PyTorch's BatchNorm epsilon
+    model = build_densenet(preset, include_top=False, **kwargs)
+    model.name = name or f"{model.name}_backbone"
+    if weights is not None:
+        from keras_densenet.weights import load_backbone_weights
+
+        load_backbone_weights(model, weights)
+    return model
+
+
+_HEAD_ARGUMENTS = frozenset(
+    {"include_top", "pooling", "num_classes", "classifier_activation", "feature_outputs"}
+)
+
+
 __all__ = [
     "POOLINGS",
     "PRESETS",
     "blocks_from_depth",
+    "build_backbone",
     "build_densenet",
     "min_input_size",
     "resolve_config",

@@ -28,8 +28,8 @@ import keras
 import numpy as np
 
 
-def _leaf_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    """Name -> layer for every layer that owns weights, nested ones included."""
+def leaf_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Name -> layer for every layer that owns weights, nested ones included (not dropout)."""
     leaves: dict[str, keras.layers.Layer] = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         own = [w for w in layer.weights if not any(w is v for v in _child_weights(layer))]
@@ -43,7 +43,12 @@ def _child_weights(layer: keras.layers.Layer) -> list[Any]:
     return [w for child in children for w in child.weights]
 
 
-def _read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
+def read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
+    """A keras.applications (legacy HDF5) weights file as layer name -> arrays.
+
+    Raises:
+        ValueError: Naming the file, if it cannot be read or is not of that layout.
+    """
     import h5py
 
     try:
@@ -72,7 +77,7 @@ def _read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
 def _arrays_of_model(source: keras.Model) -> dict[str, list[np.ndarray]]:
     return {
         name: [np.asarray(keras.ops.convert_to_numpy(w)) for w in layer.weights]
-        for name, layer in _leaf_layers(source).items()
+        for name, layer in leaf_layers(source).items()
     }
 
 
@@ -101,12 +106,12 @@ def load_keras_applications_weights(
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise ValueError(f"Weights file not found: {path!r}.")
-        arrays = _read_legacy_h5(path)
+        arrays = read_legacy_h5(path)
         what = f"file {path!r}"
     else:
         raise TypeError(f"`source` must be a path or a keras.Model, got {type(source).__name__}.")
 
-    targets = _leaf_layers(model)
+    targets = leaf_layers(model)
     missing = sorted(set(targets) - set(arrays))
     extra = sorted(set(arrays) - set(targets))
     if missing or extra:
@@ -301,6 +306,28 @@ def _torch_arrays(prefix: str, kind: str, state: dict[str, np.ndarray]) -> list[
     return [(f"{prefix}.weight", None if weight is None else weight.T), (f"{prefix}.bias", bias)]
 
 
+def torch_layer_arrays(
+    layer_name: str, state: Mapping[str, np.ndarray]
+) -> tuple[list[np.ndarray], list[str]] | None:
+    """One Keras layer's arrays from a PyTorch state dict, in Keras layout.
+
+    Args:
+        layer_name: A keras.applications layer name (``conv2_block1_0_bn``).
+        state: A state dict from `read_torch_state_dict`.
+
+    Returns:
+        ``(arrays, their PyTorch keys)``, or None if the layer has no
+        PyTorch counterpart or the state dict lacks one of its tensors.
+    """
+    names = _torch_names(layer_name)
+    if names is None:
+        return None
+    pairs = _torch_arrays(*names, state)
+    if any(array is None for _, array in pairs):
+        return None
+    return [array for _, array in pairs], [key for key, _ in pairs]
+
+
 def load_torch_weights(model: keras.Model, source: Any) -> None:
     """Puts a PyTorch DenseNet's weights (torchvision, timm) into a matching model.
 
@@ -330,7 +357,7 @@ def load_torch_weights(model: keras.Model, source: Any) -> None:
         TypeError: If ``source`` is neither a mapping nor a path.
     """
     state = read_torch_state_dict(source)
-    layers = _leaf_layers(model)
+    layers = leaf_layers(model)
     order = {key: i for i, key in enumerate(state)}
     mapped = []
     for name, layer in layers.items():
@@ -385,8 +412,12 @@ def load_torch_weights(model: keras.Model, source: Any) -> None:
 # keras-hub
 
 
-def _keras_hub_name(name: str) -> str | None:
-    """Our layer name for a keras-hub ``DenseNetBackbone`` layer name, or None."""
+def keras_hub_name(name: str) -> str | None:
+    """Our layer name for a keras-hub ``DenseNetBackbone`` layer name, or None.
+
+    ``stack1_block1_1_bn`` is our ``conv2_block1_0_bn``, ``transition1_conv``
+    our ``pool2_conv``; the stem and the final ``bn`` keep their names.
+    """
     if name in ("conv1_conv", "conv1_bn", "bn"):
         return name
     match = re.fullmatch(r"stack(\d+)_block(\d+)_([12])_(bn|conv)", name)
@@ -421,10 +452,10 @@ def load_keras_hub_weights(model: keras.Model, backbone: keras.Model) -> None:
         ValueError: If a layer has no counterpart or a shape differs (nothing
             is changed then).
     """
-    targets = _leaf_layers(model)
+    targets = leaf_layers(model)
     plan = []
-    for name, layer in _leaf_layers(backbone).items():
-        ours = _keras_hub_name(name)
+    for name, layer in leaf_layers(backbone).items():
+        ours = keras_hub_name(name)
         if ours is None or ours not in targets:
             raise ValueError(
                 f"keras-hub layer {name!r} has no counterpart in model {model.name!r}: build it "
