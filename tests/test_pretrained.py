@@ -107,7 +107,7 @@ def test_a_new_head_shares_every_backbone_weight_and_freezing_reaches_the_classi
 def test_build_backbone_refuses_head_arguments_and_names_itself():
     backbone = build_backbone(blocks=(2, 2), growth_rate=8, input_shape=SHAPE)
     assert backbone.name.endswith("_backbone") and len(backbone.output_shape) == 4
-    with pytest.raises(TypeError, match="no head arguments.*num_classes"):
+    with pytest.raises(TypeError, match=r"no head arguments.*num_classes"):
         build_backbone(blocks=(2, 2), num_classes=3)
     with pytest.raises(ValueError, match="`num_classes`"):
         build_classifier(backbone, 0)
@@ -233,7 +233,7 @@ def test_another_architecture_is_refused_naming_the_tensor_and_nothing_changes(p
     shallower = build_densenet(
         blocks=(2, 1), growth_rate=8, num_init_features=16, input_shape=SHAPE
     )
-    with pytest.raises(ValueError, match="tensor.*the backbone lacks.*denselayer2"):
+    with pytest.raises(ValueError, match=r"tensor.*the backbone lacks.*denselayer2"):
         load_backbone_weights(shallower, pth)
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -258,6 +258,6 @@ def test_files_of_another_format_than_their_extension_are_refused(tmp_path, pth)
             identify(path)
     with pytest.raises(ValueError, match="not found"):
         identify(tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="neither a run directory .* nor a keras-hub"):
+    with pytest.raises(ValueError, match=r"neither a run directory .* nor a keras-hub"):
         identify(tmp_path)
     assert identify(pth).kind == "torch"
