@@ -10,13 +10,12 @@ its layers keep the keras.applications names (``conv1_conv`` ...
 
     backbone = build_backbone("densenet121", input_shape=(224, 224, 3))
     model = build_classifier(backbone, num_classes=14, multi_label=True)
-    backbone.trainable = False            # freezes the classifier's backbone too
+    freeze_backbone(model)                # the head alone trains
     new = build_classifier(model, 5)      # a new head on the same layers
 
 `backbone_of` recovers the backbone of any model this package built (a loaded
 ``best.keras`` included): the layers up to ``relu``. The same layers, not a
-copy: freezing it freezes them in the classifier, and a new head built on it
-shares every backbone weight.
+copy: a new head built on it shares every backbone weight.
 """
 
 from __future__ import annotations
@@ -180,6 +179,23 @@ def build_classifier(
     )
 
 
+def freeze_backbone(model: keras.Model, frozen: bool = True) -> None:
+    """Freezes (or unfreezes) every layer of a model but its head.
+
+    A frozen layer's weights are left out of training, and its
+    BatchNormalizations run in inference mode (Keras 3 does so for
+    ``trainable=False``), as the Keras transfer-learning guide recommends.
+    Recompile the model after a change.
+
+    Args:
+        model: A classifier built by this package.
+        frozen: Freeze (True) or unfreeze (False).
+    """
+    for layer in model.layers:
+        if layer.name not in HEAD_LAYERS:
+            layer.trainable = not frozen
+
+
 def is_multi_label(model: keras.Model) -> bool:
     """Whether a classifier's head scores each label on its own (sigmoid)."""
     try:
@@ -195,6 +211,7 @@ __all__ = [
     "backbone_of",
     "build_classifier",
     "classifier_head",
+    "freeze_backbone",
     "is_multi_label",
     "pyramid_outputs",
 ]

@@ -122,6 +122,18 @@ class _DenseNetLayer(keras.layers.Layer):
     def _own_config(self) -> dict[str, Any]:
         return {}
 
+    def _keep_frozen(self) -> None:
+        # A frozen layer loaded from a file gets `trainable=False` before its
+        # sublayers are tracked: pass it on to each of them once built.
+        if self.trainable:
+            return
+        for value in vars(self).values():
+            for layer in value if isinstance(value, list) else [value]:
+                if isinstance(layer, keras.layers.Layer) and layer is not self:
+                    layer.trainable = False
+                    if isinstance(layer, _DenseNetLayer):
+                        layer._keep_frozen()
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -301,6 +313,7 @@ class DenseLayer(_GrowthLayer):
         if self.bn2 is not None:
             self.bn2.build(shape)
         self.conv2.build(shape)
+        self._keep_frozen()
 
     def _bottleneck(self, inputs: Any, training: Any = None) -> Any:
         x = _concat(inputs)
@@ -486,6 +499,7 @@ class DenseBlock(_GrowthLayer):
         spatial = tuple(input_shape[:-1])
         for i, layer in enumerate(self.dense_layers):
             layer.build((*spatial, channels + i * self.growth_rate))
+        self._keep_frozen()
 
     def call(self, inputs: Any, training: Any = None) -> Any:
         if self.memory_efficient:
@@ -581,6 +595,7 @@ class TransitionLayer(_DenseNetLayer):
         self.bn.build(input_shape)
         self.conv = _conv(self._filters(channels), 1, f"{self.name}_conv", self)
         self.conv.build(input_shape)
+        self._keep_frozen()
 
     def call(self, inputs: Any, training: Any = None) -> Any:
         x = self.conv(ops.relu(self.bn(inputs, training=training)))

@@ -332,6 +332,19 @@ def load_backbone_weights(model: Any, weights: str | os.PathLike) -> PretrainedS
     return source
 
 
+def _fit_channels(mean: Any, std: Any, channels: int) -> tuple[list[float], list[float]]:
+    if len(mean) != channels:  # averaged over the channels, then repeated
+        mean, std = ([float(np.mean(v))] * channels for v in (mean, std))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def imagenet_statistics(channels: int) -> tuple[list[float], list[float]]:
+    """ImageNet's ``(mean, std)`` in the 0..255 scale, averaged over RGB for 1 channel."""
+    from keras_densenet.preprocessing import imagenet_normalization
+
+    return _fit_channels(*imagenet_normalization(), channels)
+
+
 def source_normalization(
     source: PretrainedSource, channels: int
 ) -> tuple[list[float], list[float]] | None:
@@ -339,8 +352,9 @@ def source_normalization(
 
     Args:
         source: What `identify` found.
-        channels: The new model's input channels: ImageNet's statistics are
-            averaged over RGB for 1 channel; one channel's are repeated for 3.
+        channels: The new model's input channels: statistics of another
+            channel count are averaged over the channels, then repeated
+            (ImageNet's RGB statistics for a grey model, as timm does).
 
     Returns:
         ``(mean, std)`` per channel, or None where the source model has no
@@ -348,28 +362,24 @@ def source_normalization(
         preprocessing outside).
     """
     if source.imagenet:
-        from keras_densenet.preprocessing import imagenet_normalization
+        return imagenet_statistics(channels)
+    from keras_densenet import rundir
 
-        mean, std = imagenet_normalization()
-    else:
-        from keras_densenet import rundir
-
-        model = rundir.load_model(source.path, compile=False)
-        try:
-            layer = model.get_layer("normalization")
-        except ValueError:
-            return None
-        mean = np.ravel(np.asarray(layer.mean)).tolist()
-        std = np.sqrt(np.ravel(np.asarray(layer.variance))).tolist()
-    if len(mean) != channels:
-        mean, std = ([float(np.mean(v))] * channels for v in (mean, std))  # averaged, then repeated
-    return [float(v) for v in mean], [float(v) for v in std]
+    model = rundir.load_model(source.path, compile=False)
+    try:
+        layer = model.get_layer("normalization")
+    except ValueError:
+        return None
+    mean = np.ravel(np.asarray(layer.mean)).tolist()
+    std = np.sqrt(np.ravel(np.asarray(layer.variance))).tolist()
+    return _fit_channels(mean, std, channels)
 
 
 __all__ = [
     "KINDS",
     "PretrainedSource",
     "identify",
+    "imagenet_statistics",
     "load_backbone_weights",
     "read_backbone_arrays",
     "source_normalization",

@@ -145,6 +145,44 @@ def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: boo
     return path
 
 
+def first_missing(path: str | os.PathLike) -> str | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    path = os.path.abspath(os.fspath(path))
+    missing = None
+    while not os.path.lexists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def remove_if_unused(directory: str | os.PathLike, up_to: str | None = None) -> bool:
+    """Removes a directory that holds nothing but its lock file, and its made parents.
+
+    For a run refused after its directory was made (weights that do not fit
+    the model, data that cannot be read): the disk is left as it was.
+
+    Args:
+        directory: The run directory.
+        up_to: The outermost directory made for it (`first_missing` before
+            it was made); empty parents up to it are removed too.
+
+    Returns:
+        Whether the directory was removed.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    try:
+        if set(os.listdir(directory)) - {LOCK}:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, LOCK))
+        os.rmdir(directory)
+        while up_to and directory != up_to and directory.startswith(up_to + os.sep):
+            directory = os.path.dirname(directory)
+            os.rmdir(directory)  # only while empty: OSError stops it
+    except OSError:
+        return not os.path.exists(directory)
+    return True
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory holding a run's config or one of its models."""
     path = os.fspath(path)

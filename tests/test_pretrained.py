@@ -19,6 +19,7 @@ from keras_densenet import build_densenet
 from keras_densenet.heads import (
     backbone_of,
     build_classifier,
+    freeze_backbone,
     is_multi_label,
     pyramid_outputs,
 )
@@ -96,8 +97,10 @@ def test_a_new_head_shares_every_backbone_weight_and_freezing_reaches_the_classi
     assert new.get_layer("predictions") is not model.get_layer("predictions")
     shared = {id(w) for w in backbone_of(model).weights}
     assert {id(w) for w in backbone_of(new).weights} == shared
-    backbone_of(new).trainable = False
+    freeze_backbone(new)
     assert {w.path for w in new.trainable_weights} == {"predictions/kernel", "predictions/bias"}
+    freeze_backbone(new, False)
+    assert len(new.trainable_weights) == len(model.trainable_weights)
     x = _images()
     probabilities = np.asarray(new(x, training=False))
     assert ((probabilities > 0) & (probabilities < 1)).all()

@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
     options.update(_options(args, [n for n in OPTIONS if n != "verbose"]))
     if "verbose" not in options or args.quiet:
         options["verbose"] = _verbosity(args.quiet)
+    _architecture_of_source(options)
     if "preset" not in options and not ({"depth", "blocks"} & set(options)):
         options["preset"] = TrainConfig.preset
     config = TrainConfig.from_dict(options)
@@ -92,6 +93,33 @@ def _train(args: argparse.Namespace) -> int:
     return _report(summary, config.out, complete=bool(summary.get("already_complete")))
 
 
+#: The options that say which network a run trains.
+_ARCHITECTURE = (
+    "preset",
+    "depth",
+    "blocks",
+    "growth_rate",
+    "compression",
+    "bottleneck",
+    "dropout_rate",
+)
+
+
+def _architecture_of_source(options: dict[str, Any]) -> None:
+    """``--weights RUN`` with no architecture flags fine-tunes the run's architecture."""
+    from keras_densenet import rundir
+
+    source = options.get("weights")
+    if not isinstance(source, str) or set(_ARCHITECTURE) & set(options):
+        return
+    if rundir.is_run_dir(source) and os.path.isfile(os.path.join(source, rundir.CONFIG)):
+        try:
+            previous = rundir.read_config(source)
+        except ValueError as err:
+            raise UsageError(f"--weights {source!r}: {err}") from None
+        options.update({k: previous[k] for k in _ARCHITECTURE if previous.get(k) is not None})
+
+
 def _checked_early(config: TrainConfig) -> int | None:
     """What `train` checks first, asked before TensorFlow is imported.
 
@@ -111,6 +139,10 @@ def _checked_early(config: TrainConfig) -> int | None:
             return prepare_run_dir(config)
     from keras_densenet.data.sources import check_folder_early
 
+    if config.weights is not None:
+        from keras_densenet.pretrained import identify
+
+        identify(config.weights)  # exists, and is the format its name says
     fraction = config.validation_fraction or None
     splits = ("train", "test", "validation") if fraction else ("train", "test")
     check_folder_early(config.dataset, config.data_dir, splits, fraction)

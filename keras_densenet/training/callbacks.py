@@ -54,12 +54,31 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     renamed into place (weights first), and a non-finite epoch is not backed
     up, so a resumed run starts from the last good epoch.
 
+    A fine-tuning run trains in two phases, each with an optimizer of its
+    own (the head alone, then everything): a backup written at the end of
+    the first phase, ``phase_start`` epochs in, gives the second its weights
+    but not the first optimizer's state.
+
     Args:
         backup_dir: Directory of the backup.
+        phase_start: The epoch the current ``fit`` starts at, when an earlier
+            phase's optimizer wrote the backup at that epoch; None otherwise.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike) -> None:
+    def __init__(self, backup_dir: str | os.PathLike, phase_start: int | None = None) -> None:
         super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.phase_start = phase_start
+
+    def _load_model(self) -> None:
+        if self.phase_start is None or not os.path.exists(self._training_metadata_path):
+            return super()._load_model()
+        epoch = _io.read_json(self._training_metadata_path, "backup metadata")["epoch"]
+        if epoch != self.phase_start:
+            return super()._load_model()
+        # The previous phase's backup: its weights, and the new phase's own optimizer.
+        self.model.load_weights(self._weights_path, objects_to_skip=[self.model.optimizer])
+        self.model._initial_epoch = epoch
+        return None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if _finite(logs):

@@ -48,6 +48,9 @@ _OPT = (
     "--schedule step --warmup-epochs 0 --label-smoothing 0)"
 )
 _BN = "batch normalization"
+_FINE = "fine-tuning (start from pretrained weights; the head is new)"
+#: What ``normalization`` may say.
+NORMALIZATIONS = ("auto", "dataset", "imagenet")
 
 
 @dataclasses.dataclass
@@ -60,6 +63,17 @@ class TrainConfig:
         depth, blocks, growth_rate, compression, bottleneck, dropout_rate:
             Architecture overrides of the preset (None keeps the preset's).
         memory_efficient: Recompute each dense layer in the backward pass.
+        weights: Pretrained weights for the backbone (see
+            `keras_densenet.pretrained`); the head is new, sized to the
+            dataset's classes.
+        freeze_epochs: Epochs that train the head alone (the backbone frozen,
+            its BatchNorms in inference mode) before everything trains;
+            ``epochs`` keeps the backbone frozen throughout.
+        backbone_lr_scale: The backbone's learning rate as a fraction of the
+            head's once it trains, in (0, 1].
+        normalization: The model's input normalization: ``"dataset"``,
+            ``"imagenet"``, or ``"auto"`` (what ``weights`` expect, else the
+            dataset's statistics).
         bn_momentum: Momentum of the BatchNormalization moving statistics
             (Keras convention, default 0.9; keras.applications uses 0.99).
         bn_recalibrate_steps: Training batches (without augmentation) from
@@ -298,6 +312,49 @@ class TrainConfig:
     label_smoothing: float = _option(
         0.1, Rule("float", "label smoothing in [0, 1)", 0.0, 1.0, high_open=True, group=_OPT)
     )
+    weights: str | None = _option(
+        None,
+        Rule(
+            "path",
+            "pretrained weights for the backbone: a keras.applications .h5, a torchvision/timm "
+            ".pth or .safetensors, a keras-hub backbone (.keras or preset directory), or a "
+            ".keras file or run directory of keras_densenet",
+            optional=True,
+            group=_FINE,
+        ),
+    )
+    freeze_epochs: int = _option(
+        0,
+        Rule(
+            "int",
+            "epochs that train the head only (backbone frozen, its BatchNorms in inference "
+            "mode) before the whole network trains; equal to --epochs keeps it frozen",
+            0,
+            100_000,
+            group=_FINE,
+        ),
+    )
+    backbone_lr_scale: float = _option(
+        1.0,
+        Rule(
+            "float",
+            "the backbone's learning rate as a fraction of the head's once it trains, in (0, 1]",
+            0.0,
+            1.0,
+            low_open=True,
+            group=_FINE,
+        ),
+    )
+    normalization: str = _option(
+        "auto",
+        Rule(
+            "choice",
+            "input normalization in the model: dataset (the training images' mean and std), "
+            "imagenet, or auto (what --weights was trained with, else the dataset's)",
+            choices=NORMALIZATIONS,
+            group=_FINE,
+        ),
+    )
     precision: str = _option(
         "float32",
         Rule(
@@ -356,6 +413,16 @@ class TrainConfig:
         if self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"`warmup_epochs` must be at most `epochs`={self.epochs}, got {self.warmup_epochs}."
+            )
+        if self.freeze_epochs > self.epochs:
+            raise ValueError(
+                f"`freeze_epochs` must be at most `epochs`={self.epochs}, got {self.freeze_epochs}."
+            )
+        if self.weights is None and (self.freeze_epochs or self.backbone_lr_scale != 1.0):
+            what = "freeze_epochs" if self.freeze_epochs else "backbone_lr_scale"
+            raise ValueError(
+                f"`{what}` fine-tunes pretrained weights: it needs `weights` (a weights file "
+                "or run directory)."
             )
         if (
             self.precision in ("mixed_float16", "auto")
@@ -445,13 +512,22 @@ OPTIONS: Mapping[str, Rule] = MappingProxyType(
 )
 #: Options a run written before they existed ran with, at these values.
 LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType(
-    {"bn_momentum": 0.99, "warmup_epochs": 0.0, "bad_images": "error"}
+    {
+        "bn_momentum": 0.99,
+        "warmup_epochs": 0.0,
+        "bad_images": "error",
+        "weights": None,
+        "freeze_epochs": 0,
+        "backbone_lr_scale": 1.0,
+        "normalization": "auto",
+    }
 )
 
 __all__ = [
     "DISTRIBUTE",
     "JIT_MODES",
     "LEGACY_OPTIONS",
+    "NORMALIZATIONS",
     "OPTIONS",
     "PRECISIONS",
     "SCHEDULES",

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_densenet import _io, rundir
+from keras_densenet.architecture import TORCH_BN_EPSILON
 from keras_densenet.batchnorm import (
     BatchNormRecalibration,
 )
@@ -59,8 +60,35 @@ class OutOfMemoryError(TrainingError):
     """
 
 
+def model_normalization(
+    config: TrainConfig, data: TrainingData
+) -> tuple[list[float], list[float]] | Any:
+    """The input normalization a run's model carries (``config.normalization``).
+
+    ``"auto"`` is what ``config.weights`` were trained with (ImageNet's
+    statistics for keras.applications, torchvision, timm and keras-hub
+    weights; the source model's own for a model of this package), else the
+    training images' mean and std.
+    """
+    channels = data.info.image_shape[-1]
+    if config.normalization == "dataset" or (
+        config.normalization == "auto" and config.weights is None
+    ):
+        return data.info.normalization
+    from keras_densenet.pretrained import identify, imagenet_statistics, source_normalization
+
+    if config.normalization == "imagenet":
+        return imagenet_statistics(channels)
+    return source_normalization(identify(config.weights), channels) or data.info.normalization
+
+
 def build_training_model(
-    config: TrainConfig, data: TrainingData, strategy: Any = None
+    config: TrainConfig,
+    data: TrainingData,
+    strategy: Any = None,
+    *,
+    frozen: bool = False,
+    load_weights: bool = True,
 ) -> keras.Model:
     """Builds and compiles the model of a run for its data.
 
@@ -73,38 +101,97 @@ def build_training_model(
         data: The run's data; input shape, classes and normalization come
             from it.
         strategy: The active ``tf.distribute`` strategy, if any.
+        frozen: Build it for the head-only phase of a fine-tuning run (the
+            backbone frozen); see `compile_phase`.
+        load_weights: Load ``config.weights`` into the backbone (a resumed
+            run's backup brings its own weights instead).
 
     Returns:
         The compiled model.
+
+    Raises:
+        ValueError: If ``config.weights`` does not fit the backbone (naming
+            the file and tensor).
     """
     info = data.info
+    bn_epsilon = None
+    if config.weights is not None:
+        from keras_densenet.models import is_torch_weights
+
+        bn_epsilon = TORCH_BN_EPSILON if is_torch_weights(config.weights) else None
     model = build_densenet(
         config.preset,
         **config.architecture(),
         memory_efficient=config.memory_efficient,
         bn_momentum=config.bn_momentum,
+        bn_epsilon=bn_epsilon,
         input_shape=info.image_shape,
         num_classes=info.num_classes,
-        normalization=info.normalization,
+        normalization=model_normalization(config, data),
     )
+    if config.weights is not None and load_weights:
+        from keras_densenet.pretrained import load_backbone_weights
+
+        load_backbone_weights(model, config.weights)
     if config.sync_batchnorm:
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
+    compile_phase(model, config, data, strategy, frozen=frozen)
+    return model
+
+
+def phases(config: TrainConfig) -> list[tuple[int, int, bool]]:
+    """A run's training phases: ``(first epoch, end epoch, backbone frozen)``.
+
+    One phase for a run from scratch; a fine-tuning run with
+    ``freeze_epochs`` trains the head alone first, then everything.
+    """
+    if not config.freeze_epochs:
+        return [(0, config.epochs, False)]
+    if config.freeze_epochs == config.epochs:
+        return [(0, config.epochs, True)]
+    return [(0, config.freeze_epochs, True), (config.freeze_epochs, config.epochs, False)]
+
+
+def compile_phase(
+    model: keras.Model,
+    config: TrainConfig,
+    data: TrainingData,
+    strategy: Any = None,
+    *,
+    frozen: bool,
+) -> None:
+    """Freezes or unfreezes the backbone and compiles the model for one phase.
+
+    Each phase has an optimizer of its own, its warm-up and schedule over
+    the phase's epochs: the head-only phase at the full rate, the phase that
+    trains everything with the backbone at ``config.backbone_lr_scale`` of it.
+    A frozen backbone's BatchNorms run in inference mode (Keras 3 does so
+    for a layer with ``trainable=False``) and nothing of it changes.
+    """
+    from keras_densenet.heads import freeze_backbone
+
+    freeze_backbone(model, frozen)
+    start, end, _ = next(p for p in phases(config) if p[2] == frozen)
     if config.label_smoothing:
         loss = SparseSmoothedCrossentropy(config.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
     metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    steps = data.steps_per_epoch
     model.compile(
         optimizer=make_optimizer(
-            config, data.steps_per_epoch * config.epochs, data.global_batch, data.steps_per_epoch
+            config,
+            steps * (end - start),
+            data.global_batch,
+            steps,
+            backbone_lr_scale=1.0 if frozen else config.backbone_lr_scale,
         ),
         loss=loss,
         metrics=[metric],
         jit_compile=resolve_jit_compile(config.jit_compile, strategy, config.precision),
     )
-    return model
 
 
 def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -142,12 +229,18 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
             if jax.process_index() > 0:  # one run directory per host; the chief's is `out`
                 worker_out = os.path.join(config.out, f"worker-{jax.process_index()}")
                 config = dataclasses.replace(config, out=worker_out)
+        created = rundir.first_missing(config.out)
         rundir.ensure_writable_dir(config.out)
-        with rundir.lock(config.out):
-            done = prepare_run_dir(config)
-            if done is None:
-                return {**(rundir.read_summary(config.out) or {}), "already_complete": True}
-            return _train(config, devices, done)
+        try:
+            with rundir.lock(config.out):
+                done = prepare_run_dir(config)
+                if done is None:
+                    return {**(rundir.read_summary(config.out) or {}), "already_complete": True}
+                return _train(config, devices, done)
+        except BaseException:
+            if created:  # refused before anything was written: leave no directory behind
+                rundir.remove_if_unused(config.out, up_to=created)
+            raise
     finally:
         keras.distribution.set_distribution(previous)
 
@@ -169,14 +262,27 @@ def _train(config: TrainConfig, devices: int | None, done: int) -> dict[str, Any
     data = load_training_data(config, replicas)
     global_batch = data.global_batch
     scope = strategy.scope() if strategy else contextlib.nullcontext()
+    todo = [phase for phase in phases(config) if phase[1] > done]
     with dtype_policy(resolve_precision(config.precision)), scope:
-        model = build_training_model(config, data, strategy)
+        # A resumed run's backup holds its weights: the source is not read again.
+        model = build_training_model(
+            config, data, strategy, frozen=todo[0][2], load_weights=done == 0
+        )
     jit = bool(model.jit_compile)
     if config.verbose:
         print(describe_run(config, data, model, jit, done), flush=True)
 
     meter = ThroughputMeter(global_batch)
-    _fit(model, config, data, _callbacks(config, data, meter, done), done)
+    callbacks = _callbacks(config, data, meter, done)
+    for index, (start, end, frozen) in enumerate(todo):
+        if index:  # the backbone unfreezes: a new optimizer, its warm-up and schedule
+            with dtype_policy(resolve_precision(config.precision)), scope:
+                compile_phase(model, config, data, strategy, frozen=frozen)
+            if config.verbose:
+                print(f"epoch {start + 1}: the backbone trains from here on", flush=True)
+        backup = next(c for c in callbacks if isinstance(c, AtomicBackupAndRestore))
+        backup.phase_start = start or None
+        _fit(model, config, data, callbacks, done, start, end)
     return finish_run(config, data, model, meter, started, jit, replicas)
 
 
@@ -262,13 +368,17 @@ def _fit(
     data: TrainingData,
     callbacks: list[keras.callbacks.Callback],
     done: int,
+    start: int = 0,
+    end: int | None = None,
 ) -> None:
-    """``model.fit``; out of memory and a NaN/inf loss become a `TrainingError`."""
+    """``model.fit`` over epochs ``start..end``; out of memory and a NaN/inf
+    loss become a `TrainingError`."""
     try:
         history = model.fit(
             data.train,
             validation_data=data.validation,
-            epochs=config.epochs,
+            initial_epoch=start,
+            epochs=config.epochs if end is None else end,
             steps_per_epoch=data.steps_per_epoch if config.steps_per_epoch else None,
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
@@ -290,7 +400,8 @@ def _fit(
             else "No epoch finished, so no model was saved"
         )
         raise TrainingError(
-            f"The loss became NaN/inf in epoch {done + len(losses)}; training stopped. "
+            f"The loss became NaN/inf in epoch {max(done, start) + len(losses)}; training "
+            "stopped. "
             f"{kept_model}; lower --learning-rate or use float32."
         )
 
@@ -333,5 +444,8 @@ __all__ = [
     "OutOfMemoryError",
     "TrainingError",
     "build_training_model",
+    "compile_phase",
+    "model_normalization",
+    "phases",
     "train",
 ]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 
-from keras_densenet._validation import check_positive_int
+from keras_densenet._validation import check_float, check_positive_int
+from keras_densenet.heads import HEAD_LAYERS
 from keras_densenet.training.config import JIT_MODES, TrainConfig
 
 #: The paper's batch size: the learning rate scales linearly from it.
@@ -249,6 +250,69 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(schedule, config["warmup_steps"])
 
 
+@keras.saving.register_keras_serializable(package="keras_densenet")
+class BackboneScaledSGD(keras.optimizers.SGD):
+    """SGD whose backbone learns at a fraction of the head's learning rate.
+
+    For fine-tuning: the new head starts from random weights and takes the
+    full rate, the pretrained backbone ``backbone_lr_scale`` of it. The
+    backbone's gradients are scaled, which for SGD with momentum is exactly
+    a scaled learning rate (the momentum buffer is linear in rate x
+    gradient), and so is its decoupled weight decay. A variable belongs to
+    the head when the first part of its path names a head layer.
+
+    Args:
+        backbone_lr_scale: The backbone's rate as a fraction of the head's,
+            in (0, 1].
+        head_layers: Names of the head's layers.
+        **kwargs: ``keras.optimizers.SGD`` arguments.
+    """
+
+    def __init__(
+        self,
+        backbone_lr_scale: float = 1.0,
+        head_layers: Sequence[str] = HEAD_LAYERS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.backbone_lr_scale = check_float(
+            "backbone_lr_scale", backbone_lr_scale, 0.0, 1.0, low_open=True
+        )
+        self.head_layers = tuple(head_layers)
+
+    def in_backbone(self, variable: Any) -> bool:
+        """Whether a variable is the backbone's (not one of ``head_layers``)."""
+        return variable.path.split("/")[0] not in self.head_layers
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        if trainable_variables is not None and self.backbone_lr_scale != 1.0:
+            grads = [
+                g * self.backbone_lr_scale if g is not None and self.in_backbone(v) else g
+                for g, v in zip(grads, trainable_variables, strict=True)
+            ]
+        return super().apply(grads, trainable_variables)
+
+    def _apply_weight_decay(self, variables: Any) -> None:
+        if self.weight_decay is None or self.backbone_lr_scale == 1.0:
+            return super()._apply_weight_decay(variables)
+        full = self.weight_decay
+        super()._apply_weight_decay([v for v in variables if not self.in_backbone(v)])
+        # The decay is read while the step is traced: the backbone's, at the scaled rate.
+        self.weight_decay = full * self.backbone_lr_scale
+        try:
+            super()._apply_weight_decay([v for v in variables if self.in_backbone(v)])
+        finally:
+            self.weight_decay = full
+        return None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "backbone_lr_scale": self.backbone_lr_scale,
+            "head_layers": list(self.head_layers),
+        }
+
+
 def _lr_schedule(
     config: TrainConfig, base_lr: float, total_steps: int, steps_per_epoch: int
 ) -> Any:
@@ -274,16 +338,23 @@ def _lr_schedule(
 
 
 def make_optimizer(
-    config: TrainConfig, total_steps: int, global_batch: int, steps_per_epoch: int | None = None
+    config: TrainConfig,
+    total_steps: int,
+    global_batch: int,
+    steps_per_epoch: int | None = None,
+    backbone_lr_scale: float = 1.0,
 ) -> keras.Optimizer:
     """SGD with Nesterov momentum, the lr schedule and weight decay on kernels.
 
     Args:
         config: The training options.
-        total_steps: Optimizer steps in the whole run (for the schedule).
+        total_steps: Optimizer steps this optimizer makes (the run, or one
+            phase of a fine-tuning run: its schedule and warm-up start anew).
         global_batch: Global batch size (for lr scaling).
         steps_per_epoch: Optimizer steps per epoch (for ``warmup_epochs``;
             default ``total_steps / config.epochs``).
+        backbone_lr_scale: The backbone's learning rate as a fraction of the
+            head's (`BackboneScaledSGD` below 1).
 
     Returns:
         A Keras optimizer.
@@ -291,12 +362,16 @@ def make_optimizer(
     base_lr = config.learning_rate or 0.1 * global_batch / REFERENCE_BATCH
     if steps_per_epoch is None:
         steps_per_epoch = max(1, total_steps // config.epochs)
-    optimizer = keras.optimizers.SGD(
-        learning_rate=_lr_schedule(config, base_lr, total_steps, steps_per_epoch),
-        momentum=config.momentum,
-        nesterov=True,
-        weight_decay=config.weight_decay or None,
-    )
+    arguments = {
+        "learning_rate": _lr_schedule(config, base_lr, total_steps, steps_per_epoch),
+        "momentum": config.momentum,
+        "nesterov": True,
+        "weight_decay": config.weight_decay or None,
+    }
+    if backbone_lr_scale != 1.0:
+        optimizer = BackboneScaledSGD(backbone_lr_scale, **arguments)
+    else:
+        optimizer = keras.optimizers.SGD(**arguments)
     # The paper decays convolution and classifier kernels, not BN scales/offsets.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
@@ -304,6 +379,7 @@ def make_optimizer(
 
 __all__ = [
     "REFERENCE_BATCH",
+    "BackboneScaledSGD",
     "LinearWarmup",
     "cpu_has_bfloat16",
     "data_parallel",
