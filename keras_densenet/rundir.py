@@ -175,11 +175,15 @@ def remove_if_unused(directory: str | os.PathLike, up_to: str | None = None) -> 
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, LOCK))
         os.rmdir(directory)
-        while up_to and directory != up_to and directory.startswith(up_to + os.sep):
-            directory = os.path.dirname(directory)
-            os.rmdir(directory)  # only while empty: OSError stops it
     except OSError:
-        return not os.path.exists(directory)
+        return False
+    parent = directory
+    while up_to and parent != up_to and parent.startswith(os.path.abspath(up_to) + os.sep):
+        parent = os.path.dirname(parent)
+        try:
+            os.rmdir(parent)  # only while empty
+        except OSError:
+            break
     return True
 
 

@@ -252,3 +252,20 @@ def test_throughput_of_a_single_epoch_and_of_empty_ones(monkeypatch):
     meter.on_train_batch_end(0)
     meter.on_epoch_end(2)
     assert meter.epoch_rates == [6.0]
+
+
+def test_throughput_of_each_phase_leaves_out_the_phase_s_first_epoch(monkeypatch):
+    meter = ThroughputMeter(batch_size=10)
+    # Epochs 0-2 frozen (10, 40, 30 img/s), 3-5 everything (5, 20, 10 img/s).
+    times = []
+    for seconds in (1.0, 0.25, 1 / 3, 2.0, 0.5, 1.0):
+        times += [0.0, seconds]
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", Clock(*times))
+    for epoch in range(6):
+        meter.on_epoch_begin(epoch)
+        meter.on_train_batch_end(0)
+        meter.on_epoch_end(epoch)
+    assert meter.images_per_second(0, 3) == 35.0  # median of 40 and 30
+    assert meter.images_per_second(3) == 15.0  # median of 20 and 10
+    assert meter.images_per_second(5) == 10.0  # a phase of one epoch: it counts
+    assert meter.images_per_second(6) is None

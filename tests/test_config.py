@@ -208,6 +208,25 @@ def test_options_table_and_legacy_values():
         "bn_momentum": 0.99,
         "warmup_epochs": 0.0,
         "bad_images": "error",
+        # Runs from scratch, normalized with their data's statistics.
+        "weights": None,
+        "freeze_epochs": 0,
+        "backbone_lr_scale": 1.0,
+        "normalization": "auto",
     }
     for name, value in LEGACY_OPTIONS.items():
         assert OPTIONS[name].check(name, value) == value
+
+
+def test_fine_tuning_options_are_checked_together():
+    TrainConfig(weights="runs/x", epochs=3, freeze_epochs=3, backbone_lr_scale=0.1)
+    with pytest.raises(ValueError, match=r"`freeze_epochs` must be at most `epochs`=3, got 4"):
+        TrainConfig(weights="runs/x", epochs=3, freeze_epochs=4)
+    for option in ({"freeze_epochs": 1}, {"backbone_lr_scale": 0.5}):
+        with pytest.raises(ValueError, match="it needs `weights`"):
+            TrainConfig(epochs=3, **option)
+    for scale in (0.0, 1.01, float("nan")):
+        with pytest.raises(ValueError, match="`backbone_lr_scale`"):
+            TrainConfig(weights="runs/x", backbone_lr_scale=scale)
+    with pytest.raises(ValueError, match="`normalization`"):
+        TrainConfig(normalization="torch")

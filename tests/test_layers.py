@@ -8,9 +8,9 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close, assert_saved_model_round_trip
+from conftest import TINY, assert_close, assert_saved_model_round_trip
 
-from keras_densenet import DenseBlock, DenseLayer, TransitionLayer
+from keras_densenet import DenseBlock, DenseLayer, TransitionLayer, build_densenet
 from keras_densenet.layers import BN_EPSILON
 
 X = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
@@ -390,3 +390,23 @@ def test_transition_dropout_only_in_training():
     )
     trained = keras.ops.convert_to_numpy(layer(x, training=True))
     assert not np.allclose(trained, inference)
+
+
+def test_a_frozen_model_reloads_with_every_sublayer_frozen(tmp_path):
+    """Keras gives a loaded composite layer trainable=False before its sublayers exist."""
+    model = build_densenet(**TINY)
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    path = tmp_path / "frozen.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert [w.path for w in reloaded.trainable_weights] == [
+        "predictions/kernel",
+        "predictions/bias",
+    ]
+    inner = [
+        layer
+        for layer in reloaded._flatten_layers(include_self=False)
+        if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Conv2D))
+    ]
+    assert len(inner) > 8 and not any(layer.trainable for layer in inner)

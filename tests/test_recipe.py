@@ -414,3 +414,47 @@ def test_optimizer_follows_the_paper():
     optimizer.build(variables)
     decayed = sorted(v.path for v in variables if optimizer._use_weight_decay(v))
     assert decayed == sorted([dense.kernel.path, conv.kernel.path])
+
+
+def _two_layer_model() -> keras.Model:
+    inputs = keras.Input((2,))
+    x = keras.layers.Dense(2, name="conv1_conv", use_bias=False)(inputs)
+    outputs = keras.layers.Dense(2, name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.01])
+def test_backbone_scaled_sgd_is_sgd_with_a_scaled_backbone_rate(weight_decay):
+    """One model steps with BackboneScaledSGD, two copies with plain SGD at each rate."""
+    from keras_densenet.training.recipe import BackboneScaledSGD
+
+    grads = [np.full((2, 2), 0.5, np.float32), np.ones((2, 2), np.float32), np.ones(2, np.float32)]
+    common = {"momentum": 0.9, "nesterov": True, "weight_decay": weight_decay}
+    models = [_two_layer_model() for _ in range(3)]
+    for m in models[1:]:
+        m.set_weights(models[0].get_weights())
+    scaled = BackboneScaledSGD(0.1, learning_rate=0.5, **common)
+    full, small = (keras.optimizers.SGD(learning_rate=lr, **common) for lr in (0.5, 0.05))
+    for _ in range(3):  # momentum carries over between steps
+        scaled.apply([keras.ops.convert_to_tensor(g) for g in grads], models[0].trainable_weights)
+        full.apply([keras.ops.convert_to_tensor(g) for g in grads], models[1].trainable_weights)
+        small.apply([keras.ops.convert_to_tensor(g) for g in grads], models[2].trainable_weights)
+    got = [np.asarray(w) for w in models[0].trainable_weights]
+    np.testing.assert_allclose(got[0], np.asarray(models[2].trainable_weights[0]), rtol=1e-6)
+    for a, b in zip(got[1:], models[1].trainable_weights[1:], strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6)
+    assert not np.allclose(got[0], np.asarray(models[1].trainable_weights[0]))
+    revived = keras.optimizers.deserialize(keras.optimizers.serialize(scaled))
+    assert type(revived) is BackboneScaledSGD and revived.backbone_lr_scale == 0.1
+    assert revived.head_layers == scaled.head_layers and "predictions" in revived.head_layers
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        BackboneScaledSGD(0.0)
+
+
+def test_make_optimizer_scales_the_backbone_only_when_asked():
+    from keras_densenet.training.recipe import BackboneScaledSGD
+
+    config = TrainConfig(epochs=2)
+    assert type(make_optimizer(config, 10, 64)) is keras.optimizers.SGD
+    scaled = make_optimizer(config, 10, 64, backbone_lr_scale=0.25)
+    assert isinstance(scaled, BackboneScaledSGD) and scaled.backbone_lr_scale == 0.25

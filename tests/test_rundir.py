@@ -605,3 +605,23 @@ def test_a_model_loads_with_its_optimizer_state_under_any_policy(tmp_path, polic
         layer.dtype_policy.name for layer in reference.layers
     ]
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_an_unused_run_directory_and_the_parents_made_for_it_are_removed(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    top = rundir.first_missing(out)
+    assert top == str(tmp_path / "a") and rundir.first_missing(tmp_path) is None
+    out.mkdir(parents=True)
+    (out / rundir.LOCK).write_text("123\n")
+    assert rundir.remove_if_unused(out, up_to=top)
+    assert not (tmp_path / "a").exists() and tmp_path.exists()
+    # A directory with anything else in it is left as it is.
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    assert not rundir.remove_if_unused(out, up_to=top)
+    assert (out / "config.json").exists()
+    kept = tmp_path / "kept"
+    (kept / "run").mkdir(parents=True)
+    (kept / "other.txt").write_text("x")
+    assert rundir.remove_if_unused(kept / "run", up_to=str(kept))
+    assert (kept / "other.txt").exists()  # a parent with other files stays

@@ -139,6 +139,7 @@ def test_class_names_and_the_export_record_in_assets_extra(version) -> None:
     assert abs(_utc_seconds(exported_at) - time.time()) < 600
     assert info == {
         "source": None,
+        "pretrained_weights": None,
         "model": "levels",
         "trained_dtype": "float32",
         "serving_dtype": "float32",

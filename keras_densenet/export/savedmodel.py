@@ -35,7 +35,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_densenet import _io
+from keras_densenet import _io, rundir
 from keras_densenet import images as image_files
 from keras_densenet._validation import check_bool, check_int
 from keras_densenet.export import folding
@@ -148,6 +148,20 @@ def build_archive(
     return archive
 
 
+def _pretrained_weights(model: Any) -> str | None:
+    """The ``weights`` a run directory (or a model file in one) was fine-tuned from."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    path = os.fspath(model)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.isfile(os.path.join(directory, rundir.CONFIG)):
+        return None
+    try:
+        return rundir.read_config(directory).get("weights")
+    except ValueError:
+        return None
+
+
 def export_savedmodel(
     model: keras.Model | str | os.PathLike,
     model_dir: str | os.PathLike,
@@ -232,6 +246,7 @@ def export_savedmodel(
     version = requested if requested is not None else _next_free(model_dir)
     info = {
         "source": model if isinstance(model, (str, os.PathLike)) else None,
+        "pretrained_weights": _pretrained_weights(model),
         "model": source.name,
         "trained_dtype": dtype_of(source),
         "serving_dtype": dtype_of(served),

@@ -101,6 +101,8 @@ class ThroughputMeter(keras.callbacks.Callback):
         super().__init__()
         self.batch_size = batch_size
         self.epoch_rates: list[float] = []
+        #: Epoch index -> images/s, for the epochs this process trained.
+        self.rates_by_epoch: dict[int, float] = {}
         self._start = 0.0
         self._steps = 0
 
@@ -114,10 +116,25 @@ class ThroughputMeter(keras.callbacks.Callback):
         elapsed = time.perf_counter() - self._start
         if self._steps and elapsed > 0:
             self.epoch_rates.append(self._steps * self.batch_size / elapsed)
+            self.rates_by_epoch[epoch] = self.epoch_rates[-1]
 
-    def images_per_second(self) -> float | None:
-        """Throughput of the epochs after the first (which includes tracing)."""
-        rates = self.epoch_rates[1:] or self.epoch_rates
+    def images_per_second(self, first: int = 0, end: int | None = None) -> float | None:
+        """Throughput of the epochs after the first (which includes tracing).
+
+        Args:
+            first: The first epoch of a phase to measure (its own first
+                epoch traces again and is left out too, where it can be).
+            end: The epoch after the phase (None: to the end).
+        """
+        if first == 0 and end is None:
+            rates = self.epoch_rates
+        else:
+            rates = [
+                rate
+                for epoch, rate in sorted(self.rates_by_epoch.items())
+                if epoch >= first and (end is None or epoch < end)
+            ]
+        rates = rates[1:] or rates
         return float(np.median(rates)) if rates else None
 
 

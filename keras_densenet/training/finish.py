@@ -122,12 +122,31 @@ def finish_run(
         **_describe_model(model, data, jit, replicas),
         **_results(full_history, evaluation["accuracy"], (before, after), statistics, config),
         "images_per_second": meter.images_per_second(),
+        **_fine_tuning(config, meter),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_model": best_path,
         "last_model": os.path.join(out, rundir.LAST),
     }
     _io.write_json(os.path.join(out, rundir.SUMMARY), summary)
     return summary
+
+
+def _fine_tuning(config: TrainConfig, meter: ThroughputMeter) -> dict[str, Any]:
+    """The summary's fields about the pretrained weights and each phase's speed."""
+    if config.weights is None:
+        return {}
+    from keras_densenet.pretrained import identify
+
+    try:
+        kind = identify(config.weights).kind
+    except ValueError:  # moved since the run started: its config still names it
+        kind = None
+    fields = {"weights": config.weights, "weights_kind": kind}
+    if config.freeze_epochs:
+        fields["images_per_second_frozen"] = meter.images_per_second(0, config.freeze_epochs)
+        if config.freeze_epochs < config.epochs:
+            fields["images_per_second_unfrozen"] = meter.images_per_second(config.freeze_epochs)
+    return fields
 
 
 def _describe_model(
