@@ -198,6 +198,7 @@ LONGEST_FIRST = (
     "test_notebooks.py",
     "test_tuning.py",
     "test_cli.py",
+    "test_finetune.py",
     "test_weights_torch.py",
     "test_models.py",
     "test_weights.py",

@@ -18,6 +18,11 @@ EXPECTED = {
     "02_dense_connectivity.ipynb": ("block output channels", "= L(L+1)/2"),
     "03_tuning.ipynb": ("'completed'", "ready to train"),
     "04_memory.ipynb": ("| BC-10-12 | normal | 16 |", "| BC-10-12 | efficient | 16 |", "wrote "),
+    "05_fine_tuning.ipynb": (
+        "source test accuracy",
+        "fine-tuned test accuracy (classes 5-9)",
+        "from scratch test accuracy (classes 5-9)",
+    ),
 }
 
 
@@ -37,6 +42,7 @@ def test_notebooks_exist():
         "02_dense_connectivity.ipynb",
         "03_tuning.ipynb",
         "04_memory.ipynb",
+        "05_fine_tuning.ipynb",
     ]
 
 

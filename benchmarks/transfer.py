@@ -1,0 +1,258 @@
+"""Transfer on real data: fine-tuning from a source run against training from scratch.
+
+The user's path, end to end, with the ``keras-densenet`` command:
+
+1. Image folders are written from Fashion-MNIST's IDX files (Debian's
+   dataset-fashion-mnist): the *source* task is classes 0-4 (T-shirt/top,
+   Trouser, Pullover, Dress, Coat; all 30,000 training and 5,000 test images),
+   the *target* task classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot)
+   with only ``--per-class`` labelled training images per class and all
+   5,000 test images.
+2. ``train`` on the source folder.
+3. ``train --weights SOURCE_RUN`` on the target folder (fine-tuning: the head
+   alone for ``--freeze-epochs``, then everything), and the same model, epochs
+   and options from scratch.
+4. Throughput of an epoch from scratch, frozen and unfrozen, on the source
+   folder (enough images for steady-state epochs).
+
+    .venv/bin/python -m benchmarks.transfer --out benchmarks/results/transfer
+
+Writes ``OUT.json`` and ``OUT.md`` (the table and the commands); the run
+directories and image folders go to ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import markdown_table, write_outputs
+
+CLASS_NAMES = (
+    "T-shirt_top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle_boot",
+)
+SOURCE_CLASSES, TARGET_CLASSES = range(5), range(5, 10)
+PROG = [sys.executable, "-m", "keras_densenet"]
+
+
+def write_folder(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: range,
+    per_class: int | None,
+    seed: int,
+) -> int:
+    """Writes ``root/<class>/<index>.png`` for the given classes; returns the count.
+
+    A folder already complete (a ``.complete`` marker) is kept as it is.
+    """
+    from PIL import Image
+
+    if (root / ".complete").exists():
+        return sum(1 for _ in root.rglob("*.png"))
+    rng = np.random.default_rng(seed)
+    count = 0
+    for label in classes:
+        indices = np.flatnonzero(labels == label)
+        if per_class is not None:
+            indices = np.sort(rng.choice(indices, per_class, replace=False))
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in indices:
+            Image.fromarray(images[index].reshape(28, 28)).save(folder / f"{index:05d}.png")
+        count += len(indices)
+    (root / ".complete").write_text("")
+    return count
+
+
+def run(args: list[str]) -> dict[str, Any]:
+    """Runs ``keras-densenet ARGS`` (echoed), then reads the run's summary.json."""
+    print("$ keras-densenet " + " ".join(args), flush=True)
+    started = time.perf_counter()
+    subprocess.run([*PROG, *args], check=True)
+    out = args[args.index("--out") + 1]
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    summary["command"] = "keras-densenet " + " ".join(args)
+    summary["process_s"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark.
+
+    Args:
+        argv: Command-line arguments.
+
+    Returns:
+        The exit code.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--work", default="runs/transfer", help="image folders and runs")
+    parser.add_argument("--out", default="benchmarks/results/transfer")
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--source-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15, help="fine-tuning and scratch")
+    parser.add_argument("--freeze-epochs", type=int, default=5)
+    parser.add_argument("--backbone-lr-scale", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--architecture", default="--preset densenet_bc_100_12 --depth 40")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing-steps", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    from keras_densenet.data.idx import read_idx_split
+
+    work = Path(args.work)
+    train_images, train_labels = read_idx_split(args.data_dir, "train", 10)
+    test_images, test_labels = read_idx_split(args.data_dir, "test", 10)
+    source, target = work / "source_images", work / "target_images"
+    sizes = {
+        "source_train": write_folder(
+            source / "train", train_images, train_labels, SOURCE_CLASSES, None, args.seed
+        ),
+        "source_test": write_folder(
+            source / "test", test_images, test_labels, SOURCE_CLASSES, None, args.seed
+        ),
+        "target_train": write_folder(
+            target / "train",
+            train_images,
+            train_labels,
+            TARGET_CLASSES,
+            args.per_class,
+            args.seed,
+        ),
+        "target_test": write_folder(
+            target / "test", test_images, test_labels, TARGET_CLASSES, None, args.seed
+        ),
+    }
+    print(json.dumps(sizes), flush=True)
+    arch = args.architecture.split()
+    common = ["--seed", str(args.seed), "--quiet", "--resume"]
+    source_run = run(
+        [
+            "train",
+            *arch,
+            "--dataset",
+            str(source),
+            "--epochs",
+            str(args.source_epochs),
+            "--batch-size",
+            "64",
+            *common,
+            "--out",
+            str(work / "source"),
+        ]
+    )
+    target_args = [
+        *arch,
+        "--dataset",
+        str(target),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--validation-fraction",
+        "0.2",
+        *common,
+    ]
+    fine_tuned = run(
+        [
+            "train",
+            *target_args,
+            "--weights",
+            str(work / "source"),
+            "--freeze-epochs",
+            str(args.freeze_epochs),
+            "--backbone-lr-scale",
+            str(args.backbone_lr_scale),
+            "--out",
+            str(work / "finetune"),
+        ]
+    )
+    scratch = run(["train", *target_args, "--out", str(work / "scratch")])
+
+    # Throughput: 3 epochs of --timing-steps on the big source folder, the first left out.
+    timing = ["--dataset", str(source), "--epochs", "3", "--steps-per-epoch"]
+    timing += [str(args.timing_steps), "--batch-size", "64", "--bn-recalibrate-steps", "1"]
+    pretrained = ["--weights", str(work / "source")]
+    frozen_out = str(work / "t_frozen")
+    speed = {
+        "scratch": run(["train", *arch, *timing, *common, "--out", str(work / "t_scratch")]),
+        "frozen": run(
+            [
+                "train",
+                *arch,
+                *timing,
+                *common,
+                *pretrained,
+                "--freeze-epochs",
+                "3",
+                "--out",
+                frozen_out,
+            ]
+        ),
+        "unfrozen": run(
+            ["train", *arch, *timing, *common, *pretrained, "--out", str(work / "t_unfrozen")]
+        ),
+    }
+    rates = {name: s["images_per_second"] for name, s in speed.items()}
+    rows = [
+        ["source (classes 0-4, all images)", source_run["test_accuracy"], source_run["epochs"]],
+        ["fine-tuned (classes 5-9)", fine_tuned["test_accuracy"], fine_tuned["epochs"]],
+        ["from scratch (classes 5-9)", scratch["test_accuracy"], scratch["epochs"]],
+    ]
+    gain = fine_tuned["test_accuracy"] - scratch["test_accuracy"]
+    table = markdown_table(
+        ["run", "test accuracy", "epochs"], [[r[0], f"{r[1]:.4f}", r[2]] for r in rows]
+    )
+    speed_table = markdown_table(
+        ["epoch", "images/s", "vs scratch"],
+        [[k, f"{v:.1f}", f"{v / rates['scratch']:.2f}x"] for k, v in rates.items()],
+    )
+    commands = "\n".join(s["command"] for s in (source_run, fine_tuned, scratch, *speed.values()))
+    markdown = (
+        f"# Transfer: {args.per_class} labelled images per class\n\n{table}\n\n"
+        f"Fine-tuned minus scratch: {gain * 100:+.1f} points.\n\n{speed_table}\n\n"
+        f"```\n{commands}\n```\n"
+    )
+    payload = {
+        "benchmark": "transfer",
+        "sizes": sizes,
+        "args": vars(args),
+        "source": source_run,
+        "fine_tuned": fine_tuned,
+        "scratch": scratch,
+        "gain_points": round(gain * 100, 2),
+        "images_per_second": rates,
+    }
+    for path in write_outputs(Path(args.out), payload, markdown):
+        print(f"wrote {path}")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
