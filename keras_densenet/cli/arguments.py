@@ -324,6 +324,15 @@ def _add_predict(sub: Any) -> None:
         "--top-k", type=_int(1, 1000), default=3, help="classes shown per image (default: 3)"
     )
     predict.add_argument(
+        "--explain",
+        metavar="OUT_DIR",
+        help="also write each image with a Grad-CAM heatmap of its top class over it, as "
+        "OUT_DIR/<image>_gradcam.png (a .keras file or run directory, not a SavedModel)",
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace existing --explain files"
+    )
+    predict.add_argument(
         "--max-image-pixels",
         type=_int(1, 2**40),
         default=MAX_PIXELS,

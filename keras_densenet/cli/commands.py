@@ -315,6 +315,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     for path in args.images:  # a file that is no image is refused at once
         read_image_file(path, args.max_image_pixels)
+    explain_paths = _explain_paths(args)
     _import_keras()
     from keras_densenet import export
 
@@ -336,7 +337,43 @@ def _predict(args: argparse.Namespace) -> int:
         guesses = ", ".join(f"{name} {prob:.3f}" for name, prob in top)
         suffix = f" (true: {truth})" if truth is not None else ""
         print(f"{label}{suffix}: {guesses}")
+    if explain_paths:
+        from keras_densenet.explain import write_explanations
+        from keras_densenet.export.inputs import image_list
+        from keras_densenet.export.model import resolve_model
+
+        model, _ = resolve_model(args.model, allow_unsafe=args.allow_unsafe)
+        pixels = image_list(images, model.input_shape[-1], args.max_image_pixels)
+        for path in write_explanations(model, pixels, explain_paths, overwrite=args.overwrite):
+            print(f"wrote {path}")
     return 0
+
+
+def _explain_paths(args: argparse.Namespace) -> list[str]:
+    """``--explain``'s files, refused before TensorFlow: a SavedModel, a file in the way."""
+    if args.explain is None:
+        if args.overwrite:
+            raise UsageError("--overwrite replaces --explain files: give --explain OUT_DIR")
+        return []
+    from keras_densenet import rundir
+    from keras_densenet.explain import check_explanation_paths, explanation_paths
+    from keras_densenet.export.versions import savedmodel_dir
+
+    if os.path.isdir(args.model) and savedmodel_dir(args.model):
+        raise UsageError(
+            "--explain needs the Keras model (a .keras file or run directory): a SavedModel "
+            "has no gradients of its features"
+        )
+    if os.path.isfile(args.explain):
+        raise UsageError(f"--explain {args.explain!r} is a file, not a directory")
+    rundir.ensure_writable_dir(args.explain, "explain", keep=False)
+    labels = args.images or [f"sample_{i}" for i in range(args.sample)]
+    paths = explanation_paths(args.explain, labels)
+    try:
+        check_explanation_paths(paths, args.overwrite)
+    except ValueError as err:
+        raise UsageError(str(err).replace("overwrite (--overwrite)", "--overwrite")) from None
+    return paths
 
 
 def _summary(args: argparse.Namespace) -> int:
