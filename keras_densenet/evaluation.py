@@ -48,6 +48,28 @@ def confusion_matrix(
     return matrix
 
 
+def precision_recall_f1(matrix: Any) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support from a confusion matrix.
+
+    Args:
+        matrix: ``[num_classes, num_classes]`` counts, rows true, columns
+            predicted (`confusion_matrix`).
+
+    Returns:
+        ``{"precision", "recall", "f1", "support"}``, one value per class;
+        0 where a ratio has nothing to divide by (a class never predicted,
+        or absent), as scikit-learn's ``zero_division=0`` does.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    hits = matrix.diagonal()
+    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)}
+
+
 def _run_defaults(model: Any, given: dict[str, Any]) -> dict[str, Any]:
     """Data options of a run directory's config, for those not given."""
     if not (isinstance(model, (str, os.PathLike)) and rundir.is_run_dir(model)):
@@ -123,8 +145,9 @@ def evaluate(
             `keras_densenet.rundir.load_model`).
 
     Returns:
-        ``{"accuracy", "per_class_accuracy", "confusion_matrix", "class_names",
-        "num_examples", "split"}``.
+        ``{"accuracy", "per_class_accuracy", "per_class"`` (precision, recall,
+        F1 and support of each class), ``"macro_f1", "confusion_matrix",
+        "class_names", "num_examples", "split"}``.
 
     Raises:
         ValueError: For a missing model or dataset, an unwritable ``out``, a
@@ -176,9 +199,15 @@ def evaluate(
     y_true, y_pred = _predict_labels(model, ds)
     matrix = confusion_matrix(y_true, y_pred, info.num_classes)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    scores = precision_recall_f1(matrix)
     result = {
         "accuracy": float(np.mean(y_true == y_pred)),
         "per_class_accuracy": dict(zip(info.class_names, map(float, per_class), strict=True)),
+        "per_class": {
+            name: {key: scores[key][i].item() for key in scores}
+            for i, name in enumerate(info.class_names)
+        },
+        "macro_f1": float(np.mean(scores["f1"])),
         "confusion_matrix": matrix.tolist(),
         "class_names": list(info.class_names),
         "num_examples": len(y_true),
@@ -195,4 +224,4 @@ def evaluate(
     return result
 
 
-__all__ = ["SPLITS", "confusion_matrix", "evaluate"]
+__all__ = ["SPLITS", "confusion_matrix", "evaluate", "precision_recall_f1"]

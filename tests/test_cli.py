@@ -142,6 +142,7 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     evaluation = run("evaluate", out, "--out", str(tmp_path / "eval"))
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     assert "accuracy" in evaluation.stdout and "Ankle boot" in evaluation.stdout
+    assert "precision" in evaluation.stdout and "macro F1" in evaluation.stdout
     assert os.path.getsize(tmp_path / "eval" / "confusion_matrix.png") > 0
 
     served = str(tmp_path / "saved_models" / "fashion")

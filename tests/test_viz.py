@@ -71,3 +71,22 @@ def test_plot_model_diagram_without_graphviz(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Graphviz"):
         plot_model_diagram(build_densenet(**TINY), tmp_path / "model.png")
+
+
+def test_precision_recall_and_f1_equal_scikit_learn_s():
+    from sklearn.metrics import confusion_matrix as sk_matrix
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from keras_densenet.evaluation import confusion_matrix, precision_recall_f1
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 200)
+    predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 4, 200))
+    predictions[predictions == 3] = 2  # class 3 is never predicted: precision 0, not NaN
+    matrix = confusion_matrix(labels, predictions, 5)  # class 4 is absent
+    np.testing.assert_array_equal(matrix[:4, :4], sk_matrix(labels, predictions, labels=range(4)))
+    ours = precision_recall_f1(matrix)
+    theirs = precision_recall_fscore_support(labels, predictions, labels=range(5), zero_division=0)
+    for key, values in zip(("precision", "recall", "f1", "support"), theirs, strict=True):
+        np.testing.assert_allclose(ours[key], values, rtol=1e-12, err_msg=key)
+    assert ours["precision"][3] == 0 and ours["support"][4] == 0

@@ -202,8 +202,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         **_options(args, (*names, "validation_fraction", "allow_unsafe")),
     )
     print(f"accuracy {result['accuracy']:.4f} on {result['num_examples']} {args.split} images")
-    for name, acc in result["per_class_accuracy"].items():
-        print(f"  {name:<20} {acc:.4f}")
+    print(f"  {'class':<20} {'recall':>9} {'precision':>9} {'F1':>9} {'images':>7}")
+    for name, scores in result["per_class"].items():
+        print(
+            f"  {name:<20} {scores['recall']:>9.4f} {scores['precision']:>9.4f} "
+            f"{scores['f1']:>9.4f} {scores['support']:>7}"
+        )
+    print(f"  macro F1 {result['macro_f1']:.4f}")
     return 0
 
 
