@@ -283,7 +283,7 @@ def load_backbone_weights(model: Any, weights: str | os.PathLike) -> PretrainedS
         ImportError: If the source needs a package that is not installed.
     """
     from keras_densenet.heads import HEAD_LAYERS, backbone_of
-    from keras_densenet.weights import leaf_layers
+    from keras_densenet.weights import check_weight_values, leaf_layers
 
     source = identify(weights)
     targets = {
@@ -313,8 +313,12 @@ def load_backbone_weights(model: Any, weights: str | os.PathLike) -> PretrainedS
                     f"{tuple(value.shape)}, the model's {name!r} expects "
                     f"{tuple(variable.shape)} (check --preset, --blocks, --growth-rate)."
                 )
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"{source.describe()} holds NaN or infinite values in {key!r}.")
+            check_weight_values(
+                np.asarray(value),
+                key,
+                source.describe(),
+                variance=variable.name == "moving_variance",
+            )
         if len(values) != len(layer.weights):
             raise ValueError(
                 f"Backbone mismatch at {name!r} of {source.describe()}: {len(values)} arrays, "

@@ -128,6 +128,10 @@ def load_keras_applications_weights(
                 f"Architecture mismatch between {what} and model {model.name!r} at layer "
                 f"{name!r}: source weight shapes {got}, model expects {want}."
             )
+        for array, variable in zip(arrays[name], layer.weights, strict=True):
+            check_weight_values(
+                np.asarray(array), name, what, variance=variable.name == "moving_variance"
+            )
     for name, layer in targets.items():
         layer.set_weights(arrays[name])
 
@@ -178,6 +182,8 @@ def _to_numpy(value: Any, key: str, what: str) -> np.ndarray:
             else (value.detach().cpu().numpy())
         )
     array = np.asarray(value)
+    if array.dtype.name == "bfloat16":  # ml_dtypes' (TensorFlow and JAX register it)
+        array = array.astype(np.float32)
     if array.dtype.kind not in "biufc":  # objects, strings, bytes: not a tensor
         raise ValueError(f"{what} is not a state dict: {key!r} holds a {type(value).__name__}.")
     return array
@@ -188,13 +194,13 @@ def _read_torch_file(path: str) -> Any:
         raise ValueError(f"PyTorch checkpoint not found: {path!r}.")
     if path.endswith(_SAFETENSORS_SUFFIX):
         try:
-            from safetensors.numpy import load_file
+            import safetensors.numpy  # noqa: F401
         except ImportError as err:
             raise ImportError(
                 "Reading .safetensors files needs the safetensors package: pip install safetensors."
             ) from err
         try:
-            return load_file(path)
+            return read_safetensors(path)
         except Exception as err:  # safetensors raises its own SafetensorError
             raise ValueError(
                 f"{path!r} is not a readable .safetensors file (truncated or another format): {err}"
@@ -253,14 +259,68 @@ def read_torch_state_dict(source: Any) -> dict[str, np.ndarray]:
                 break
     if not isinstance(source, Mapping) or not source or not all(isinstance(k, str) for k in source):
         raise ValueError(f"{what} is not a state dict (a mapping of names to tensors).")
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
     for key, value in source.items():
         if key.endswith("num_batches_tracked"):
             continue
         name = _OLD_KEY.sub(r"\1\2", key).removeprefix("module.")  # DataParallel's prefix
+        if name in arrays:
+            raise ValueError(
+                f"{what} holds both {keys[name]!r} and {key!r}, which name the same tensor "
+                f"{name!r}: keep one of them."
+            )
         array = _to_numpy(value, key, what)
-        arrays[name] = array.astype(np.float32) if array.dtype.kind == "f" else array
+        check_weight_values(array, key, what)
+        arrays[name], keys[name] = array.astype(np.float32), key
     return arrays
+
+
+def check_weight_values(
+    array: np.ndarray, key: str, what: str, variance: bool | None = None
+) -> None:
+    """Refuses a weight that is not finite floating point, or a negative BN variance.
+
+    Args:
+        array: The values.
+        key: Its name in the source.
+        what: The source, for the message.
+        variance: Whether it is a BatchNorm variance, which must not be
+            negative (None: a key ending in ``running_var`` or
+            ``moving_variance`` is one).
+
+    Raises:
+        ValueError: Naming the source, the tensor and what is wrong.
+    """
+    if array.dtype.kind != "f":
+        raise ValueError(
+            f"{what}: {key!r} holds {array.dtype} values; a DenseNet's weights are floating "
+            "point (a file whose header declares another dtype is damaged)."
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: {key!r} holds NaN or infinite values.")
+    if variance is None:
+        variance = key.endswith(("running_var", "moving_variance"))
+    if variance and np.any(array < 0):
+        raise ValueError(f"{what}: {key!r} holds negative variances.")
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file's tensors as numpy arrays, bfloat16 ones as float32.
+
+    Numpy has no bfloat16 of its own: ``ml_dtypes`` (a Keras dependency)
+    registers one, which the ``safetensors`` package then reads.
+
+    Raises:
+        Exception: The ``safetensors`` package's own, for a damaged file.
+    """
+    import ml_dtypes  # noqa: F401  (numpy learns bfloat16)
+    from safetensors.numpy import load_file
+
+    return {
+        key: value.astype(np.float32) if value.dtype.name == "bfloat16" else value
+        for key, value in load_file(path).items()
+    }
 
 
 def _torch_names(layer_name: str) -> tuple[str, str] | None:

@@ -288,26 +288,70 @@ def test_small_checkpoints_in_every_wrapping_load_exactly(tmp_path):
         _same_logits(model, net)
 
 
-def test_reading_a_state_dict_keeps_names_and_integer_tensors():
+def test_reading_a_state_dict_renames_keys_and_widens_floats():
     state = OrderedDict(
         [
             ("features.norm0.num_batches_tracked", torch.tensor(7)),
             ("features.denseblock1.denselayer1.norm.1.weight", torch.ones(2, dtype=torch.float64)),
             ("features.denseblock1.denselayer1.conv.2.weight", torch.ones(1, 1, 1, 1)),
-            ("module.head.index", torch.arange(3)),
+            ("module.head.bias", torch.arange(3.0)),
         ]
     )
     arrays = read_torch_state_dict(state)
     assert list(arrays) == [
         "features.denseblock1.denselayer1.norm1.weight",
         "features.denseblock1.denselayer1.conv2.weight",
-        "head.index",
+        "head.bias",
     ]
-    assert arrays["features.denseblock1.denselayer1.norm1.weight"].dtype == np.float32
-    assert arrays["head.index"].dtype == np.int64
-    np.testing.assert_array_equal(arrays["head.index"], [0, 1, 2])
-    half = read_torch_state_dict({"w": torch.ones(2, dtype=torch.float16)})
-    assert half["w"].dtype == np.float32
+    assert {a.dtype for a in arrays.values()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(arrays["head.bias"], [0, 1, 2])
+    for dtype in (torch.float16, torch.bfloat16):
+        assert read_torch_state_dict({"w": torch.ones(2, dtype=dtype)})["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"a.running_var": torch.tensor([1.0, float("nan")])}, "'a.running_var' holds NaN"),
+        ({"a.weight": torch.tensor([float("inf")])}, "'a.weight' holds NaN or infinite"),
+        ({"a.running_var": torch.tensor([1.0, -0.5])}, "'a.running_var' holds negative"),
+        ({"a.weight": torch.tensor([1, 2], dtype=torch.int32)}, "holds int32 values"),
+        ({"a.weight": torch.tensor([True])}, "holds bool values"),
+        ({"a.weight": torch.tensor([1j])}, "holds complex64 values"),
+        ({"module.a.weight": torch.ones(1), "a.weight": torch.ones(1)}, "holds both"),
+        (
+            {
+                "features.denseblock1.denselayer1.norm.1.weight": torch.ones(1),
+                "features.denseblock1.denselayer1.norm1.weight": torch.ones(1),
+            },
+            r"holds both 'features\.denseblock1\.denselayer1\.norm\.1\.weight'",
+        ),
+    ],
+)
+def test_values_no_densenet_has_are_refused_naming_the_tensor(state, message):
+    with pytest.raises(ValueError, match=message):
+        read_torch_state_dict(state)
+
+
+def test_safetensors_in_bfloat16_load_and_a_lying_header_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    net, model = _small_pair()
+    state = {k: v.to(torch.bfloat16) for k, v in net.state_dict().items() if v.is_floating_point()}
+    path = tmp_path / "bf16.safetensors"
+    save_file(state, path)
+    arrays = read_torch_state_dict(str(path))
+    for key, value in state.items():
+        np.testing.assert_array_equal(arrays[key], value.float().numpy())  # bf16 widens exactly
+    load_torch_weights(model, str(path))
+    # A header that declares int32 for a float tensor: its bits are not weights.
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = raw[8 : 8 + length].replace(b'"BF16"', b'"I16" ', 1)  # the same length
+    lying = tmp_path / "lying.safetensors"
+    lying.write_bytes(raw[:8] + header + raw[8 + length :])
+    with pytest.raises(ValueError, match="holds int16 values"):
+        read_torch_state_dict(str(lying))
 
 
 def test_reading_refuses_what_is_not_a_state_dict(tmp_path):
