@@ -145,6 +145,58 @@ def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: boo
     return path
 
 
+#: What a training run writes besides its config.json.
+RUN_FILES = (SUMMARY, HISTORY, BEST, LAST, BACKUP)
+#: What marks a tuning directory (`keras_densenet.tuning`'s own record of the search).
+TUNING_MARKER = "tune_config.json"
+
+
+def check_new_run_dir(path: str | os.PathLike) -> None:
+    """Refuses to start a new run where a run or a search left its files.
+
+    A directory without ``config.json`` may still hold an earlier run's
+    backup, history or models (its config was removed or lost): a new run
+    there would silently continue the old backup and drop its history. And a
+    tuning directory is not a run directory.
+
+    Raises:
+        ValueError: Naming the directory and what is in it.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, TUNING_MARKER)):
+        raise ValueError(
+            f"`out` {path!r} is a tuning directory ({TUNING_MARKER}): a training run needs a "
+            "directory of its own."
+        )
+    left = [name for name in RUN_FILES if os.path.lexists(os.path.join(path, name))]
+    if left:
+        raise ValueError(
+            f"`out` {path!r} holds files of an earlier run ({', '.join(left)}) but no "
+            f"{CONFIG}: a new run there would mix with them. Choose another directory, or "
+            "move them away to start over."
+        )
+
+
+def check_tuning_dir(path: str | os.PathLike) -> None:
+    """Refuses a tuning directory that is a training run's.
+
+    Raises:
+        ValueError: If ``path`` holds a run (its ``config.json``, summary,
+            history or backup) and no tuning record.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, TUNING_MARKER)):
+        return
+    marks = [
+        n for n in (CONFIG, SUMMARY, HISTORY, BACKUP) if os.path.lexists(os.path.join(path, n))
+    ]
+    if marks:
+        raise ValueError(
+            f"`out` {path!r} is a training run directory ({', '.join(marks)}): a search needs a "
+            "directory of its own (--overwrite discards searches, never runs)."
+        )
+
+
 def first_missing(path: str | os.PathLike) -> str | None:
     """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
     path = os.path.abspath(os.fspath(path))

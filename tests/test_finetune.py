@@ -252,3 +252,22 @@ def test_weights_of_a_run_bring_its_architecture_when_no_flag_names_one(
     assert result.returncode == 0, result.stderr
     config = rundir.read_config(out)
     assert (config["depth"], config["growth_rate"]) == (TINY["depth"], TINY["growth_rate"])
+
+
+@pytest.mark.reliability("data loss")
+def test_a_run_whose_config_was_removed_is_not_continued_silently(source, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    os.remove(out / rundir.CONFIG)
+    before = sorted(p.name for p in out.iterdir())
+    result = run_command(
+        capsys, "train", *["--epochs", "1", "--steps-per-epoch", "1"], "--out", str(out)
+    )
+    assert result.returncode == 2 and "holds files of an earlier run" in result.stderr
+    with pytest.raises(ValueError, match="holds files of an earlier run"):
+        train({**TINY, **QUICK, "epochs": 1, "out": str(out)})
+    assert sorted(p.name for p in out.iterdir()) == before
+    result = run_command(capsys, "tune", "--quick", "--out", source)
+    assert result.returncode == 2 and "is a training run directory" in result.stderr

@@ -625,3 +625,33 @@ def test_an_unused_run_directory_and_the_parents_made_for_it_are_removed(tmp_pat
     (kept / "other.txt").write_text("x")
     assert rundir.remove_if_unused(kept / "run", up_to=str(kept))
     assert (kept / "other.txt").exists()  # a parent with other files stays
+
+
+@pytest.mark.reliability("data loss")
+@pytest.mark.parametrize("left", [rundir.BACKUP, rundir.HISTORY, rundir.BEST, rundir.SUMMARY])
+def test_a_new_run_is_refused_where_an_earlier_run_left_files_without_its_config(tmp_path, left):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / left).mkdir() if left == rundir.BACKUP else (run / left).write_text("x")
+    with pytest.raises(ValueError, match=rf"holds files of an earlier run \({left}\) but no"):
+        rundir.check_new_run_dir(run)
+    (run / "logs").mkdir()
+    rundir.check_new_run_dir(tmp_path / "empty")  # a new or empty directory is fine
+
+
+@pytest.mark.reliability("data loss")
+def test_runs_and_searches_keep_to_their_own_directories(tmp_path):
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / rundir.TUNING_MARKER).write_text("{}")
+    (search / rundir.BEST).write_text("the tuner's best model")
+    with pytest.raises(ValueError, match="is a tuning directory"):
+        rundir.check_new_run_dir(search)
+    rundir.check_tuning_dir(search)  # its own search: resumable
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("{}")
+    (run / rundir.SUMMARY).write_text("{}")
+    with pytest.raises(ValueError, match=r"is a training run directory \(config\.json, summary"):
+        rundir.check_tuning_dir(run)
+    rundir.check_tuning_dir(tmp_path / "new")

@@ -146,6 +146,7 @@ def _checked_early(config: TrainConfig) -> int | None:
     fraction = config.validation_fraction or None
     splits = ("train", "test", "validation") if fraction else ("train", "test")
     check_folder_early(config.dataset, config.data_dir, splits, fraction)
+    rundir.check_new_run_dir(config.out)
     rundir.ensure_writable_dir(config.out, keep=False)
     return 0
 
@@ -479,6 +480,9 @@ def _tune(args: argparse.Namespace) -> int:
 
     SearchSpace({f: getattr(base, f) for f in ("depth", "blocks")}, ranges, fixed)
     if search_role() != "worker":  # the chief owns the directory
+        from keras_densenet import rundir
+
+        rundir.check_tuning_dir(args.out)  # never a training run's directory
         _writable_out(args)
     _import_keras()
     from keras_densenet.tuning import tune

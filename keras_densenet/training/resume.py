@@ -46,6 +46,8 @@ def prepare_run_dir(config: TrainConfig) -> int | None:
             f"`out` {out!r} already holds a run: pass `resume=True` to continue it, "
             "or choose another directory."
         )
+    if not has_run:
+        rundir.check_new_run_dir(out)
     if not (has_run and config.resume):
         return 0
     previous = {**LEGACY_OPTIONS, **rundir.read_config(out)}

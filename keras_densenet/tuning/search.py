@@ -35,7 +35,7 @@ from keras_densenet.tuning.space import search_role
 from keras_densenet.tuning.tuners import PROJECT_NAME, check_search_args, make_tuner
 
 #: What was asked for, in the tuning directory.
-TUNE_CONFIG = "tune_config.json"
+TUNE_CONFIG = rundir.TUNING_MARKER
 
 
 #: Search options a resumed search may change (it may run more trials).
@@ -43,6 +43,7 @@ _RESUMABLE_CHANGES = frozenset({"max_trials"})
 
 
 def _prepare_out(out: str, record: dict[str, Any], overwrite: bool) -> None:
+    rundir.check_tuning_dir(out)
     path = os.path.join(out, TUNE_CONFIG)
     previous = None
     if not overwrite and os.path.exists(path):
