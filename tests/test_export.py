@@ -966,3 +966,14 @@ def test_onnx_export_runs_in_onnxruntime_with_any_batch(
     )
     with pytest.raises(ValueError, match=r"\.onnx"):
         export.export_onnx(model, tmp_path / "model.bin")
+    # Replaced only with --overwrite; SavedModel-only flags are refused, not ignored.
+    before = path.read_bytes()
+    again = cli("export", runs["mixed"], "--out", str(tmp_path / "served"), "--format", "onnx")
+    assert again.returncode == 2 and "already exists: pass --overwrite" in again.stderr
+    assert path.read_bytes() == before
+    for flags in (["--version", "3"], ["--serving-dtype", "float16"], ["--tflite", "float32"]):
+        refused = cli(
+            "export", runs["mixed"], "--out", str(tmp_path / "o"), "--format", "onnx", *flags
+        )
+        assert refused.returncode == 2 and "not to --format onnx" in refused.stderr, flags
+    assert not (tmp_path / "o").exists()

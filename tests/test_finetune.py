@@ -271,3 +271,30 @@ def test_a_run_whose_config_was_removed_is_not_continued_silently(source, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == before
     result = run_command(capsys, "tune", "--quick", "--out", source)
     assert result.returncode == 2 and "is a training run directory" in result.stderr
+
+
+@pytest.mark.reliability("silent wrong answer")
+def test_a_run_still_training_is_not_exported(source, tmp_path, capsys):
+    code = (
+        "import sys, time\n"
+        "from keras_densenet import rundir\n"
+        "with rundir.lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, source],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=same_package_env(keras_densenet),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_command(capsys, "export", source, "--out", str(tmp_path / "served"))
+        assert result.returncode == 2
+        assert f"in use by process {holder.pid}" in result.stderr
+        assert not (tmp_path / "served").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_command(capsys, "export", source, "--out", str(tmp_path / "served")).returncode == 0

@@ -200,6 +200,33 @@ def test_convert_weights_command(tmp_path, capsys):
     bad_name = cli(str(source), str(tmp_path / "x.keras"), "--preset", "densenet121")
     assert bad_name.returncode == 2 and ".weights.h5" in bad_name.stderr
     assert sorted(os.listdir(tmp_path)) == ["densenet121.weights.h5", "tv.pth"]
+    # An existing output is replaced only when asked, and a directory never.
+    before = out.read_bytes()
+    again = run_command(capsys, "convert-weights", str(source), str(out), "--preset", "densenet121")
+    assert again.returncode == 2 and "already exists: pass --overwrite" in again.stderr
+    assert out.read_bytes() == before
+    (tmp_path / "d.weights.h5").mkdir()
+    onto = run_command(
+        capsys,
+        "convert-weights",
+        str(source),
+        str(tmp_path / "d.weights.h5"),
+        "--preset",
+        "densenet121",
+    )
+    assert onto.returncode == 2 and "is a directory" in onto.stderr
+    replaced = run_command(
+        capsys,
+        "convert-weights",
+        str(source),
+        str(out),
+        "--preset",
+        "densenet121",
+        "--num-classes",
+        "1000",
+        "--overwrite",
+    )
+    assert replaced.returncode == 0 and "num_classes=1000, weights=" in replaced.stdout
 
 
 def test_torch_preprocessing_matches_torchvision_conventions():

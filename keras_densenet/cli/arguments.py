@@ -273,7 +273,11 @@ def _add_export(sub: Any) -> None:
         "Runtime (float32 raw pixels at the model's size) (default: %(default)s)",
     )
     export.add_argument("--version", type=_int(), help="version number (default: next free)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing version (or, with --format onnx, model.onnx)",
+    )
     export.add_argument(
         "--serving-dtype",
         choices=SERVING_DTYPES,
@@ -438,6 +442,7 @@ def _add_convert_weights(sub: Any) -> None:
         action="store_true",
         help="features only: leave the classifier out (include_top=False)",
     )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def build_parser() -> argparse.ArgumentParser:

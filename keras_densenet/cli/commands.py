@@ -254,6 +254,8 @@ def _calibration(args: argparse.Namespace) -> Any:
 
 def _export(args: argparse.Namespace) -> int:
     _model_path(args)
+    if args.format == "onnx":
+        _onnx_flags(args)
     if args.version is not None and args.format != "onnx" and not args.overwrite:
         existing = os.path.join(args.out, str(args.version))
         if os.path.exists(existing):
@@ -264,6 +266,41 @@ def _export(args: argparse.Namespace) -> int:
     if args.tflite == "int8":
         _run_of(args)
     _writable_out(args)
+    from keras_densenet import rundir
+
+    if rundir.is_run_dir(args.model):  # a run still training has only its early epochs
+        with rundir.lock(args.model, "run directory being exported"):
+            return _export_now(args)
+    return _export_now(args)
+
+
+def _onnx_flags(args: argparse.Namespace) -> None:
+    """Refuses SavedModel-only flags with ``--format onnx`` and an ONNX file in the way."""
+    given = [
+        flag
+        for flag, value in (
+            ("--version", args.version),
+            ("--serving-dtype", args.serving_dtype),
+            ("--tflite", args.tflite),
+            ("--calibration-dataset", args.calibration_dataset),
+        )
+        if value is not None
+    ]
+    if not args.fold_batchnorm:
+        given.append("--no-fold-batchnorm")
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} apply to SavedModel exports, not to --format onnx (a float32 "
+            "graph of raw pixels at the model's size)"
+        )
+    target = os.path.join(args.out, "model.onnx")
+    if os.path.isdir(target):
+        raise UsageError(f"{target!r} is a directory: --format onnx writes a file there")
+    if os.path.exists(target) and not args.overwrite:
+        raise UsageError(f"{target!r} already exists: pass --overwrite to replace it")
+
+
+def _export_now(args: argparse.Namespace) -> int:
     _import_keras()
     from keras_densenet import export
 
@@ -530,6 +567,10 @@ def _convert_weights(args: argparse.Namespace) -> int:
         raise UsageError(f"the output must be a Keras .weights.h5 file, got {args.out!r}")
     if not os.path.isfile(args.source):
         raise UsageError(f"PyTorch checkpoint not found: {args.source!r}")
+    if os.path.isdir(args.out):
+        raise UsageError(f"the output {args.out!r} is a directory")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise UsageError(f"the output {args.out!r} already exists: pass --overwrite to replace it")
     _import_keras()
     from keras_densenet import _io
     from keras_densenet.architecture import TORCH_BN_EPSILON
@@ -546,7 +587,9 @@ def _convert_weights(args: argparse.Namespace) -> int:
     _io.save_model(model, args.out)
     print(
         f"wrote {args.out}: build_densenet({args.preset!r}, bn_epsilon={TORCH_BN_EPSILON}"
-        f"{', include_top=False' if args.no_top else ''}, weights={args.out!r})"
+        f"{', include_top=False' if args.no_top else ''}"
+        f"{f', num_classes={args.num_classes}' if args.num_classes and not args.no_top else ''}"
+        f", weights={args.out!r})"
     )
     return 0
 
