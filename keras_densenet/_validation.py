@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,14 +21,25 @@ from typing import Any
 INT_MAX = 2**31 - 1
 
 
+def _is_numpy_bool(value: Any) -> bool:
+    # numpy's boolean is no subclass of bool (and numpy is not imported here for it).
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+
+
+def _is_bool(value: Any) -> bool:
+    """Python's and numpy's booleans."""
+    return isinstance(value, bool) or _is_numpy_bool(value)
+
+
 def is_int(value: Any) -> bool:
-    """Whether ``value`` is an int and not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether ``value`` is an integer (Python's or numpy's) and not a bool."""
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def is_number(value: Any) -> bool:
-    """Whether ``value`` is an int or float and not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is a real number (Python's or numpy's) and not a bool."""
+    return isinstance(value, numbers.Real) and not _is_bool(value)
 
 
 def check_int(name: str, value: Any, low: int = 1, high: int = INT_MAX) -> int:
@@ -50,7 +62,7 @@ def check_int(name: str, value: Any, low: int = 1, high: int = INT_MAX) -> int:
         raise TypeError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
     if not low <= value <= high:
         raise ValueError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}.")
-    return value
+    return int(value)  # numpy's integers as Python's (JSON, range, ...)
 
 
 def check_positive_int(name: str, value: Any, high: int = INT_MAX) -> int:
@@ -115,6 +127,8 @@ def check_bool(name: str, value: Any, allow_none: bool = False) -> bool | None:
     """
     if isinstance(value, bool) or (allow_none and value is None):
         return value
+    if _is_numpy_bool(value):
+        return bool(value)
     allowed = "True, False or None" if allow_none else "True or False"
     raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")
 
@@ -125,9 +139,9 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     Raises:
         ValueError: Listing the allowed values.
     """
-    if isinstance(value, bool) or value not in choices:
+    if _is_bool(value) or value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
-    return value
+    return next(c for c in choices if c == value)  # the choice itself (np.int64(3) -> 3)
 
 
 def check_path(name: str, value: Any) -> str:
@@ -173,7 +187,7 @@ def check_int_sequence(
         raise TypeError(f"{wanted}, got {value!r}.")
     if not all(1 <= v <= high for v in value):
         raise ValueError(f"{wanted}, got {value!r}.")
-    return tuple(value)
+    return tuple(int(v) for v in value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -302,10 +302,59 @@ def recalibrate_batchnorm(
         2700
     """
     if steps is not None:
-        check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
+        steps = check_positive_int("steps", steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    length = pass_length(data)
+    if steps is None and length == INFINITE:
+        raise ValueError(
+            "`data` is an infinite dataset (it repeats without end): pass `steps`, the number "
+            "of batches to use."
+        )
+    _check_batched(model, data)
     batches = _batches(data, batch_size)
     return BatchNormRecalibrator(model)(batches, steps)
+
+
+#: `pass_length` of a dataset that repeats without end.
+INFINITE = -1
+
+
+def pass_length(data: Any) -> int | None:
+    """Batches in one pass over ``data``: a ``tf.data`` cardinality or ``len``.
+
+    Returns:
+        The count, `INFINITE` for a dataset that repeats without end, or None
+        where it is not known.
+    """
+    cardinality = getattr(data, "cardinality", None)
+    if callable(cardinality):
+        try:
+            count = int(cardinality())
+        except Exception:  # not a tf.data.Dataset after all
+            return None
+        return INFINITE if count == INFINITE else (count if count >= 0 else None)
+    if isinstance(data, np.ndarray):
+        return None  # batched here, by batch_size
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _check_batched(model: Any, data: Any) -> None:
+    """Refuses a ``tf.data`` dataset of single images (no batch dimension)."""
+    spec = getattr(data, "element_spec", None)
+    if spec is None:
+        return
+    if isinstance(spec, (tuple, list)):
+        spec = spec[0]
+    shape = getattr(spec, "shape", None)
+    rank = len(getattr(model, "input_shape", ()) or ())
+    if shape is not None and shape.rank is not None and rank and shape.rank == rank - 1:
+        raise ValueError(
+            f"`data` yields unbatched examples of shape {tuple(shape)} (the model takes "
+            f"batches of rank {rank}): call `.batch(n)` on the dataset first."
+        )
 
 
 class BatchNormRecalibration(keras.callbacks.Callback):
@@ -321,7 +370,8 @@ class BatchNormRecalibration(keras.callbacks.Callback):
     Args:
         data: Training batches (ideally without augmentation); iterated
             without end, so a finite dataset is repeated.
-        steps: Batches per recalibration.
+        steps: Batches per recalibration (at most one pass over ``data`` where
+            its length is known: more would see the same images again).
 
     Raises:
         ValueError: For a bad ``steps``.
@@ -344,7 +394,10 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         if self._recalibrator is None or self._recalibrator.model is not self.model:
             self._recalibrator = BatchNormRecalibrator(self.model)
         self._saved = self._recalibrator.snapshot()
-        self._recalibrator(self._next_batches(), self.steps)
+        # More batches than one pass over the data holds see the same images again.
+        length = pass_length(self.data)
+        steps = min(self.steps, length) if length and length > 0 else self.steps
+        self._recalibrator(self._next_batches(), steps)
 
     def on_test_end(self, logs: Any = None) -> None:
         if self._saved is not None and self._recalibrator is not None:
@@ -354,10 +407,12 @@ class BatchNormRecalibration(keras.callbacks.Callback):
 
 __all__ = [
     "DEFAULT_STEPS",
+    "INFINITE",
     "BatchNormRecalibration",
     "BatchNormRecalibrator",
     "batch_norm_pure",
     "batchnorm_layers",
+    "pass_length",
     "recalibrate_batchnorm",
     "update_moving_statistics",
 ]

@@ -168,7 +168,7 @@ class _GrowthLayer(_DenseNetLayer):
         self.growth_rate = check_positive_int("growth_rate", growth_rate)
         self.bottleneck = bool(bottleneck)
         self.bottleneck_width = check_positive_int("bottleneck_width", bottleneck_width)
-        self.memory_efficient = bool(memory_efficient)
+        self.memory_efficient = check_bool("memory_efficient", memory_efficient)
         if check_bool("folded", folded) and not self.bottleneck:
             raise ValueError(
                 "`folded=True` needs `bottleneck=True`: without the 1x1 bottleneck no "

@@ -14,8 +14,10 @@ from conftest import TINY, assert_close, same_package_env
 
 from keras_densenet import build_densenet
 from keras_densenet.batchnorm import (
+    INFINITE,
     BatchNormRecalibration,
     batchnorm_layers,
+    pass_length,
     recalibrate_batchnorm,
 )
 
@@ -475,3 +477,40 @@ def test_recalibration_needs_no_pytorch_on_other_backends(monkeypatch):
     data = RNG.normal(2.0, 1.0, (16, 3)).astype("float32")
     assert recalibrate_batchnorm(model, data, steps=None) == 16
     assert_close(_stats(model.get_layer("bn_a"))[0], data.mean(0), 1e-5)
+
+
+@pytest.mark.reliability("hang")
+def test_a_callback_asking_for_more_batches_than_the_data_holds_takes_one_pass():
+    import tensorflow as tf
+
+    model = _bn_model()
+    batches = [RNG.normal(i, 1.0, (8, 3)).astype("float32") for i in range(3)]
+    callback = BatchNormRecalibration(batches, steps=1_000_000)  # accepted, and bounded
+    callback.set_model(model)
+    callback.on_test_begin()
+    assert_close(_stats(model.get_layer("bn_a"))[0], np.concatenate(batches).mean(0), 1e-5)
+    callback.on_test_end()
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(8)
+    callback = BatchNormRecalibration(dataset, steps=10**6)
+    callback.set_model(model)
+    callback.on_test_begin()
+    assert_close(_stats(model.get_layer("bn_a"))[0], np.concatenate(batches).mean(0), 1e-5)
+    assert pass_length(dataset) == 3 and pass_length(dataset.repeat()) == INFINITE
+    assert pass_length(iter(batches)) is None
+
+
+@pytest.mark.reliability("hang")
+def test_an_infinite_or_unbatched_dataset_is_refused_and_numpy_steps_are_taken():
+    import tensorflow as tf
+
+    model = _bn_model()
+    data = np.concatenate([RNG.normal(0, 1.0, (8, 3)).astype("float32")] * 2)
+    dataset = tf.data.Dataset.from_tensor_slices(data)
+    with pytest.raises(ValueError, match=r"infinite dataset .* pass `steps`"):
+        recalibrate_batchnorm(model, dataset.batch(4).repeat(), steps=None)
+    with pytest.raises(ValueError, match=r"unbatched examples of shape \(3,\).*\.batch"):
+        recalibrate_batchnorm(model, dataset, steps=2)
+    assert recalibrate_batchnorm(model, dataset.batch(4), steps=np.int64(2)) == 8
+    assert recalibrate_batchnorm(model, data, steps=None, batch_size=np.int32(4)) == 16
+    with pytest.raises(TypeError, match="`steps`"):
+        recalibrate_batchnorm(model, data, steps=np.bool_(True))

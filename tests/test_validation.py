@@ -240,3 +240,27 @@ def test_rule_defaults():
     rule = Rule("float", "help")
     assert (rule.low, rule.high, rule.low_open, rule.high_open) == (None, None, False, False)
     assert (rule.choices, rule.length, rule.optional, rule.group) == ((), None, False, "execution")
+
+
+def test_numpy_scalars_are_numbers_and_numpy_bools_are_not():
+    import numpy as np
+
+    from keras_densenet import build_densenet
+    from keras_densenet._validation import check_bool, check_choice, check_float, check_int
+
+    assert check_int("n", np.int64(4)) == 4 and type(check_int("n", np.int32(4))) is int
+    assert check_float("x", np.float32(0.5)) == 0.5
+    assert (
+        check_choice("c", np.int64(3), (1, 3)) == 3
+        and type(check_choice("c", np.int64(3), (1, 3))) is int
+    )
+    assert check_bool("b", np.bool_(True)) is True
+    for bad in (np.bool_(True), True):
+        with pytest.raises(TypeError, match="`n`"):
+            check_int("n", bad)
+    model = build_densenet(
+        blocks=(np.int64(1),), growth_rate=np.int64(4), input_shape=(8, 8, 1), num_classes=2
+    )
+    assert model.get_layer("conv2").growth_rate == 4
+    with pytest.raises(TypeError, match="`memory_efficient`"):
+        build_densenet(blocks=(1,), memory_efficient="false", input_shape=(8, 8, 1))
