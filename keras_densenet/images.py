@@ -123,6 +123,34 @@ def _complete(data: bytes, fmt: str, tail: bytes | None = None) -> bool:
     return True  # BMP: checked against its pixel array size in _bmp_info
 
 
+#: TensorFlow decodes a BMP of 8 bits per pixel or fewer as its palette indices
+#: (a 64-colour trouser became a grey smear the model called a pullover), or not at
+#: all; only an 8-bit BMP whose palette is the grey levels themselves decodes right.
+_PALETTE_BMP = (
+    "is a {bits}-bit palette BMP, which TensorFlow decodes as palette indices, not colours: "
+    "save it as PNG (or as a 24-bit BMP)"
+)
+#: BMP's bits per pixel, little-endian at this offset (BITMAPINFOHEADER and later).
+BMP_BITS_OFFSET = 28
+
+
+def _grey_palette(data: bytes, header_size: int) -> bool:
+    """Whether an 8-bit BMP's palette maps each index to the grey of that level.
+
+    Then the indices TensorFlow decodes are the pixels (Pillow writes mode
+    ``L`` images so).
+    """
+    if header_size < 40 or len(data) < 50:
+        return False
+    used = struct.unpack("<I", data[46:50])[0] or 256
+    start = 14 + header_size
+    palette = np.frombuffer(data[start : start + 4 * used], np.uint8)
+    if used > 256 or palette.size != 4 * used:
+        return False
+    bgr = palette.reshape(used, 4)[:, :3]
+    return bool(np.array_equal(bgr, np.repeat(np.arange(used, dtype=np.uint8)[:, None], 3, 1)))
+
+
 def _bmp_info(data: bytes, size: int | None = None) -> tuple[int, int, int, bool] | None:
     size = len(data) if size is None else size
     if len(data) < 30:
@@ -137,6 +165,8 @@ def _bmp_info(data: bytes, size: int | None = None) -> tuple[int, int, int, bool
         width, height, _, bits, compression = struct.unpack("<iiHHI", data[18:34])
     height = abs(height)
     channels = {32: 4, 8: 1}.get(bits, 3)
+    if bits < 24 and not (bits == 8 and _grey_palette(data, header_size)):
+        channels = -bits  # a palette TensorFlow would decode as indices: refused by the caller
     complete = True
     if compression == 0 and width > 0 and bits:
         stride = ((bits * width + 31) // 32) * 4
@@ -203,6 +233,8 @@ def inspect_image(
             f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (`max_image_pixels`); resize it first."
         )
+    if channels < 0:
+        raise ValueError(f"{what} {_PALETTE_BMP.format(bits=-channels)}.")
     return ImageInfo(fmt, width, height, channels)
 
 
@@ -450,6 +482,43 @@ def header_dimensions(data: Any) -> Any:
     )
 
 
+def is_palette_bmp(data: Any) -> Any:
+    """In-graph: whether encoded image bytes are a BMP TensorFlow decodes wrong.
+
+    A BMP of 8 bits per pixel or fewer, unless it is 8-bit with the grey
+    palette (index i is grey level i), whose indices are its pixels.
+
+    Args:
+        data: A scalar ``tf.string`` tensor.
+
+    Returns:
+        A boolean scalar tensor.
+    """
+    import tensorflow as tf
+
+    padded = data + tf.constant(b"\x00" * 1100)  # a full palette reads as zeros, not errors
+
+    def number(start: int, dtype: Any) -> Any:
+        width = tf.dtypes.as_dtype(dtype).size
+        return tf.cast(
+            tf.io.decode_raw(tf.strings.substr(padded, start, width), dtype)[0], tf.int32
+        )
+
+    bits = number(BMP_BITS_OFFSET, tf.uint16)
+    used = number(46, tf.int32)
+    used = tf.where(tf.logical_or(used <= 0, used > 256), 256, used)
+    # Past the end a substr fails: a damaged (or not a BMP) header reads zeros instead.
+    start = tf.clip_by_value(14 + number(14, tf.int32), 0, tf.strings.length(padded) - 4 * 256)
+    palette = tf.io.decode_raw(tf.strings.substr(padded, start, 4 * 256), tf.uint8)
+    palette = tf.reshape(palette[: 4 * 256], [256, 4])[:, :3]
+    levels = tf.range(256, dtype=tf.int32)[:, None]
+    matches = tf.reduce_all(tf.equal(tf.cast(palette, tf.int32), levels), axis=1)
+    grey = tf.reduce_all(tf.logical_or(matches, levels[:, 0] >= used))
+    is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
+    readable = tf.logical_or(bits >= 24, tf.logical_and(tf.equal(bits, 8), grey))
+    return tf.logical_and(is_bmp, tf.logical_not(readable))
+
+
 __all__ = [
     "EXTENSIONS",
     "FORMATS",
@@ -462,6 +531,7 @@ __all__ = [
     "image_format",
     "inspect_file",
     "inspect_image",
+    "is_palette_bmp",
     "load_image_files",
     "read_image_file",
 ]

@@ -81,7 +81,11 @@ def test_decompression_bomb_is_refused_from_its_header(fmt):
         images.inspect_image(data, "bomb")
     dims = tf.function(images.header_dimensions)(tf.constant(data)).numpy()
     assert list(dims) == [height, width]
-    assert images.inspect_image(data, "bomb", max_pixels=width * height + 1).width == width
+    if fmt == "BMP":  # 8 bits per pixel without the grey palette: refused once not a bomb
+        with pytest.raises(ValueError, match="8-bit palette BMP"):
+            images.inspect_image(data, "bomb", max_pixels=width * height + 1)
+    else:
+        assert images.inspect_image(data, "bomb", max_pixels=width * height + 1).width == width
 
 
 def _bomb_header(fmt: str, width: int, height: int) -> bytes:
@@ -139,3 +143,33 @@ def test_load_image_files_converts_alpha_and_channels(tmp_path):
     np.testing.assert_array_equal(gray, expected)
     with pytest.raises(ValueError, match="channels"):
         images.load_image_files([rgba], channels=2)
+
+
+def _bmp(mode: str, colours: int | None = None) -> bytes:
+    image = Image.fromarray(RGB)
+    if colours:
+        image = image.quantize(colours)
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, "BMP") if not colours else image.save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+@pytest.mark.reliability("silent wrong answer")
+def test_palette_bmps_are_refused_where_tensorflow_would_decode_their_indices():
+    palette, one_bit = _bmp("P", colours=64), _bmp("1")
+    grey, colour = _bmp("L"), _bmp("RGB")
+    for data, bits in ((palette, 8), (one_bit, 1)):
+        with pytest.raises(ValueError, match=rf"is a {bits}-bit palette BMP.*save it as PNG"):
+            images.inspect_image(data, "shirt.bmp")
+    # Pillow's grey BMPs are 8-bit with the grey palette: the indices are the pixels.
+    np.testing.assert_array_equal(
+        images.decode_image(grey, 1)[..., 0], np.asarray(Image.fromarray(RGB).convert("L"))
+    )
+    check = tf.function(images.is_palette_bmp)
+    assert [bool(check(tf.constant(d))) for d in (palette, one_bit, grey, colour)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert not bool(check(tf.constant(encode("PNG"))))

@@ -481,3 +481,25 @@ def test_a_failed_write_leaves_no_scratch_and_no_version(tmp_path, monkeypatch) 
 def test_publishing_passes_on_errors_other_than_a_lost_race(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         _publish(str(tmp_path / "gone"), str(tmp_path), 1, requested=False, overwrite=False)
+
+
+@pytest.mark.reliability("silent wrong answer")
+def test_serving_bytes_refuses_palette_bmps_and_reads_grey_and_24_bit_ones(loaded) -> None:
+    import io
+
+    from PIL import Image
+
+    serve = loaded.signatures["serving_bytes"]
+
+    def bmp(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "BMP")
+        return buffer.getvalue()
+
+    light = Image.fromarray(np.full((4, 4, 3), 250, np.uint8))
+    good = [bmp(light), bmp(light.convert("L"))]  # 24-bit, and 8-bit with the grey palette
+    out = serve(image_bytes=tf.constant(good))
+    np.testing.assert_allclose(out["probabilities"], _wanted([250, 250]), rtol=1e-4)
+    for bad in (light.quantize(8), light.convert("1")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="is a palette BMP"):
+            serve(image_bytes=tf.constant([bmp(bad)]))

@@ -187,7 +187,13 @@ def decode_for_serving(
         message=f"an image in `image_bytes` is over the limit of {max_pixels} pixels "
         "(`max_image_pixels`)",
     )
-    with tf.control_dependencies([check]):
+    palette = tf.debugging.assert_equal(
+        image_files.is_palette_bmp(data),
+        False,
+        message="an image in `image_bytes` is a palette BMP (8 bits per pixel or fewer), "
+        "which TensorFlow decodes as palette indices: send PNG or a 24-bit BMP",
+    )
+    with tf.control_dependencies([check, palette]):
         image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     image = _to_channels(image, channels)
     image.set_shape([None, None, channels])
