@@ -35,19 +35,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import markdown_table, write_outputs
+from keras_densenet.data.idx import FASHION_MNIST_CLASSES
 
-CLASS_NAMES = (
-    "T-shirt_top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle_boot",
-)
+#: Folder names: Fashion-MNIST's class names ("T-shirt/top" has a slash).
+CLASS_NAMES = tuple(name.replace("/", "_") for name in FASHION_MNIST_CLASSES)
 SOURCE_CLASSES, TARGET_CLASSES = range(5), range(5, 10)
 PROG = [sys.executable, "-m", "keras_densenet"]
 

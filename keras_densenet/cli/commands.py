@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_densenet.cli.arguments import PROG, UsageError, fail
-from keras_densenet.training.config import OPTIONS, TrainConfig
+from keras_densenet.training.config import ARCHITECTURE_OPTIONS, OPTIONS, TrainConfig
 from keras_densenet.tuning.space import QUICK, search_role
 
 
@@ -93,31 +93,21 @@ def _train(args: argparse.Namespace) -> int:
     return _report(summary, config.out, complete=bool(summary.get("already_complete")))
 
 
-#: The options that say which network a run trains.
-_ARCHITECTURE = (
-    "preset",
-    "depth",
-    "blocks",
-    "growth_rate",
-    "compression",
-    "bottleneck",
-    "dropout_rate",
-)
-
-
 def _architecture_of_source(options: dict[str, Any]) -> None:
     """``--weights RUN`` with no architecture flags fine-tunes the run's architecture."""
     from keras_densenet import rundir
 
     source = options.get("weights")
-    if not isinstance(source, str) or set(_ARCHITECTURE) & set(options):
+    if not isinstance(source, str) or set(ARCHITECTURE_OPTIONS) & set(options):
         return
     if rundir.is_run_dir(source) and os.path.isfile(os.path.join(source, rundir.CONFIG)):
         try:
             previous = rundir.read_config(source)
         except ValueError as err:
             raise UsageError(f"--weights {source!r}: {err}") from None
-        options.update({k: previous[k] for k in _ARCHITECTURE if previous.get(k) is not None})
+        options.update(
+            {k: previous[k] for k in ARCHITECTURE_OPTIONS if previous.get(k) is not None}
+        )
 
 
 def _checked_early(config: TrainConfig) -> int | None:

@@ -506,6 +506,16 @@ class TrainConfig:
         return out
 
 
+#: The options that say which network a run trains.
+ARCHITECTURE_OPTIONS = (
+    "preset",
+    "depth",
+    "blocks",
+    "growth_rate",
+    "compression",
+    "bottleneck",
+    "dropout_rate",
+)
 #: Option name -> `Rule`, in declaration order (the command line's flags).
 OPTIONS: Mapping[str, Rule] = MappingProxyType(
     {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig)}
@@ -524,6 +534,7 @@ LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType(
 )
 
 __all__ = [
+    "ARCHITECTURE_OPTIONS",
     "DISTRIBUTE",
     "JIT_MODES",
     "LEGACY_OPTIONS",
