@@ -9,9 +9,11 @@ The user's path, end to end, with the ``keras-densenet`` command:
    with only ``--per-class`` labelled training images per class and all
    5,000 test images.
 2. ``train`` on the source folder.
-3. ``train --weights SOURCE_RUN`` on the target folder (fine-tuning: the head
-   alone for ``--freeze-epochs``, then everything), and the same model, epochs
-   and options from scratch.
+3. ``train --weights SOURCE_RUN`` on the target folder with each of
+   ``--recipes`` (``FREEZE_EPOCHS:BACKBONE_LR_SCALE``: the head alone for that
+   many epochs, then everything with the backbone at that fraction of the
+   learning rate), and the same model, epochs and options from scratch, for
+   each of ``--seeds``.
 4. Throughput of an epoch from scratch, frozen and unfrozen, on the source
    folder (enough images for steady-state epochs).
 
@@ -102,13 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/transfer")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--source-epochs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15, help="fine-tuning and scratch")
-    parser.add_argument("--freeze-epochs", type=int, default=5)
-    parser.add_argument("--backbone-lr-scale", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning and scratch")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["0:1.0", "10:1.0", "10:0.1"],
+        help="fine-tuning recipes FREEZE_EPOCHS:BACKBONE_LR_SCALE, each against scratch",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--architecture", default="--preset densenet_bc_100_12 --depth 40")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data's and the source's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="target runs'")
     parser.add_argument("--timing-steps", type=int, default=30)
     args = parser.parse_args(argv)
 
@@ -167,28 +174,28 @@ def main(argv: list[str] | None = None) -> int:
         str(args.learning_rate),
         "--validation-fraction",
         "0.2",
-        *common,
+        "--quiet",
+        "--resume",
     ]
-    fine_tuned = run(
-        [
-            "train",
-            *target_args,
-            "--weights",
-            str(work / "source"),
-            "--freeze-epochs",
-            str(args.freeze_epochs),
-            "--backbone-lr-scale",
-            str(args.backbone_lr_scale),
-            "--out",
-            str(work / "finetune"),
-        ]
-    )
-    scratch = run(["train", *target_args, "--out", str(work / "scratch")])
+    pretrained = ["--weights", str(work / "source")]
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for seed in args.seeds:
+        seeded = [*target_args, "--seed", str(seed)]
+        runs.setdefault("scratch", {})[seed] = run(
+            ["train", *seeded, "--out", str(work / f"scratch_s{seed}")]
+        )
+        for recipe in args.recipes:
+            freeze, scale = recipe.split(":")
+            name = f"fine-tuned, {freeze} frozen epochs, backbone lr x{scale}"
+            recipe_flags = ["--freeze-epochs", freeze, "--backbone-lr-scale", scale]
+            out = str(work / f"ft_f{freeze}_x{scale}_s{seed}")
+            runs.setdefault(name, {})[seed] = run(
+                ["train", *seeded, *pretrained, *recipe_flags, "--out", out]
+            )
 
     # Throughput: 3 epochs of --timing-steps on the big source folder, the first left out.
     timing = ["--dataset", str(source), "--epochs", "3", "--steps-per-epoch"]
     timing += [str(args.timing_steps), "--batch-size", "64", "--bn-recalibrate-steps", "1"]
-    pretrained = ["--weights", str(work / "source")]
     frozen_out = str(work / "t_frozen")
     speed = {
         "scratch": run(["train", *arch, *timing, *common, "--out", str(work / "t_scratch")]),
@@ -210,33 +217,46 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     rates = {name: s["images_per_second"] for name, s in speed.items()}
-    rows = [
-        ["source (classes 0-4, all images)", source_run["test_accuracy"], source_run["epochs"]],
-        ["fine-tuned (classes 5-9)", fine_tuned["test_accuracy"], fine_tuned["epochs"]],
-        ["from scratch (classes 5-9)", scratch["test_accuracy"], scratch["epochs"]],
-    ]
-    gain = fine_tuned["test_accuracy"] - scratch["test_accuracy"]
+    accuracy = {
+        name: {seed: r["test_accuracy"] for seed, r in by_seed.items()}
+        for name, by_seed in runs.items()
+    }
+    scratch = accuracy["scratch"]
+    rows = [["source (classes 0-4, all images)", f"{source_run['test_accuracy']:.4f}", "", ""]]
+    for name, by_seed in accuracy.items():
+        gains = [by_seed[seed] - scratch[seed] for seed in by_seed]
+        rows.append(
+            [
+                f"{name} (classes 5-9)",
+                " / ".join(f"{v:.4f}" for v in by_seed.values()),
+                f"{np.mean(list(by_seed.values())):.4f}",
+                "" if name == "scratch" else " / ".join(f"{g * 100:+.1f}" for g in gains),
+            ]
+        )
+    seeds = " / ".join(f"seed {seed}" for seed in args.seeds)
     table = markdown_table(
-        ["run", "test accuracy", "epochs"], [[r[0], f"{r[1]:.4f}", r[2]] for r in rows]
+        ["run", f"test accuracy ({seeds})", "mean", "points above scratch"], rows
     )
     speed_table = markdown_table(
         ["epoch", "images/s", "vs scratch"],
         [[k, f"{v:.1f}", f"{v / rates['scratch']:.2f}x"] for k, v in rates.items()],
     )
-    commands = "\n".join(s["command"] for s in (source_run, fine_tuned, scratch, *speed.values()))
+    commands = "\n".join(
+        [source_run["command"]]
+        + [r["command"] for by_seed in runs.values() for r in by_seed.values()]
+        + [s["command"] for s in speed.values()]
+    )
     markdown = (
-        f"# Transfer: {args.per_class} labelled images per class\n\n{table}\n\n"
-        f"Fine-tuned minus scratch: {gain * 100:+.1f} points.\n\n{speed_table}\n\n"
-        f"```\n{commands}\n```\n"
+        f"# Transfer: {args.per_class} labelled images per class, {args.epochs} epochs\n\n"
+        f"{table}\n\n{speed_table}\n\n```\n{commands}\n```\n"
     )
     payload = {
         "benchmark": "transfer",
         "sizes": sizes,
         "args": vars(args),
         "source": source_run,
-        "fine_tuned": fine_tuned,
-        "scratch": scratch,
-        "gain_points": round(gain * 100, 2),
+        "runs": runs,
+        "test_accuracy": accuracy,
         "images_per_second": rates,
     }
     for path in write_outputs(Path(args.out), payload, markdown):
