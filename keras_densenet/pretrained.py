@@ -155,11 +155,8 @@ def identify(path: str | os.PathLike) -> PretrainedSource:
 def _identify_directory(path: str) -> PretrainedSource:
     from keras_densenet import rundir
 
-    if rundir.is_run_dir(path):
-        rundir.model_file(path)  # a run directory without a model is named now
-        return PretrainedSource(path, "run", False)
     config_path = os.path.join(path, "config.json")
-    if os.path.isfile(config_path):
+    if os.path.isfile(config_path):  # a keras-hub preset has a config.json too
         try:
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
@@ -167,6 +164,9 @@ def _identify_directory(path: str) -> PretrainedSource:
             config = {}
         if isinstance(config, dict) and _is_keras_hub(config):
             return PretrainedSource(path, "keras-hub", True)
+    if rundir.is_run_dir(path):
+        rundir.model_file(path)  # a run directory without a model is named now
+        return PretrainedSource(path, "run", False)
     raise ValueError(
         f"`weights` directory {path!r} is neither a run directory (best.keras, last.keras) nor "
         "a keras-hub DenseNet preset directory (config.json naming DenseNetBackbone)."

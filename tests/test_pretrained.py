@@ -209,6 +209,14 @@ def test_keras_hub_backbone_file_loads(tmp_path):
     for name, hub_name in (("conv2_block1_2_conv", "stack1_block1_2_conv"), ("bn", "bn")):
         for a, b in zip(ours[name].get_weights(), theirs[hub_name].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+    # A preset directory (what keras_hub's save_to_preset writes) loads the same way.
+    preset = tmp_path / "preset"
+    hub.save_to_preset(str(preset))
+    assert identify(preset).kind == "keras-hub"
+    other = build_densenet(blocks=(2, 2), growth_rate=8, input_shape=(33, 33, 3), num_classes=2)
+    load_backbone_weights(other, preset)
+    for a, b in zip(backbone_of(other).weights, backbone_of(model).weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_imagenet_normalization_of_pretrained_weights_per_channel_count(pth):
