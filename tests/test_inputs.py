@@ -405,3 +405,39 @@ def test_the_pixel_limit_is_checked_in_int64() -> None:
         "`images` are over the limit of 4899999999 pixels each (`max_image_pixels`)\n"
     )
     batch_checks(images, 0, 4_900_000_000)
+
+
+def test_stream_batches_hold_one_image_at_its_own_size_and_keep_the_order(monkeypatch):
+    from keras_densenet.export import inputs
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 1), dtype=np.uint8) for h, w in [(9, 7)] * 70 + [(5, 5)]]
+    batches = list(inputs.stream_batches(images, 1, size=(4, 4)))
+    assert [len(i) for i, _ in batches] == [64, 7]  # resized as decoded: one shape, full batches
+    assert [i for idx, _ in batches for i in idx] == list(range(71))
+    for indices, batch in batches:
+        assert batch.shape == (len(indices), 4, 4, 1) and batch.dtype == np.float32
+        np.testing.assert_allclose(
+            batch[-1], inputs.resize(images[indices[-1]][None], 4, 4)[0], rtol=1e-6
+        )
+    # At their own size: consecutive images of one shape, within the pixel budget.
+    monkeypatch.setattr(inputs, "BATCH_PIXELS", 3 * 63)
+    batches = list(inputs.stream_batches(images[:5] + images[-1:] + images[:2], 1))
+    assert [idx for idx, _ in batches] == [[0, 1, 2], [3, 4], [5], [6, 7]]
+    assert batches[0][1].dtype == np.uint8 and batches[2][1].shape == (1, 5, 5, 1)
+
+
+def test_check_items_refuses_a_bad_file_before_anything_is_decoded(tmp_path):
+    from PIL import Image
+
+    from keras_densenet.export.inputs import check_items
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))
+    with pytest.raises(ValueError, match=r"bad\.png"):
+        check_items([str(good)] * 3 + [str(bad)])
+    assert check_items([str(good)]) == [str(good)]
+    with pytest.raises(ValueError, match="`images` is empty"):
+        check_items([])

@@ -125,6 +125,71 @@ def image_list(
     return result
 
 
+#: The most pixels (height x width, summed over a batch) `stream_batches` puts in one
+#: batch of images at their own size: 16 megapixels, one 12-megapixel photo a batch.
+BATCH_PIXELS = 16_000_000
+
+
+def check_items(images: Any, max_pixels: int = image_files.MAX_PIXELS) -> list[Any]:
+    """The items of ``images`` (`image_list`'s input), files checked from their headers.
+
+    Every file is read only as far as its header and end (no decoding), so a
+    bad file among many is refused before any work.
+
+    Raises:
+        ValueError: For an empty input or a file that is not a readable image.
+    """
+    items = _items(images)
+    if not items:
+        raise ValueError("`images` is empty.")
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            image_files.inspect_file(item, max_pixels)
+    return items
+
+
+def stream_batches(
+    items: Sequence[Any],
+    channels: int | None,
+    max_pixels: int = image_files.MAX_PIXELS,
+    size: tuple[int, int] | None = None,
+) -> Iterator[tuple[list[int], Any]]:
+    """Decodes images one at a time and yields them in batches of bounded memory.
+
+    With ``size``, each image is resized to it as soon as it is decoded, so
+    only one image is ever held at its own size; without it, consecutive
+    images of one shape share a batch of at most `PREDICT_BATCH` images and
+    `BATCH_PIXELS` pixels. Memory does not grow with the number of images.
+
+    Args:
+        items: What `check_items` returned.
+        channels: The channels the model takes (files are converted to it).
+        max_pixels: Largest ``width x height`` accepted.
+        size: ``(height, width)`` to resize to, or None to keep each size.
+
+    Yields:
+        ``(indices, batch)``: float32 ``[n, height, width, channels]`` with
+        ``size``, else uint8 images of one shape.
+    """
+    indices: list[int] = []
+    pending: list[Any] = []
+    pixels = 0
+    for index, item in enumerate(items):
+        (image,) = image_list([item], channels, max_pixels)
+        if size is not None:
+            image = resize(image[None], *size)[0]
+        area = int(image.shape[0]) * int(image.shape[1])
+        full = len(pending) == PREDICT_BATCH or (size is None and pixels + area > BATCH_PIXELS)
+        if pending and (full or tuple(image.shape) != tuple(pending[0].shape)):
+            yield indices, np.stack(pending)
+            indices, pending, pixels = [], [], 0
+        indices.append(index)
+        pending.append(np.asarray(image))
+        pixels += area
+    if pending:
+        yield indices, np.stack(pending)
+
+
 def same_size_batches(images: list[np.ndarray]) -> Iterator[tuple[list[int], np.ndarray]]:
     """Groups images by shape into stacked batches of at most `PREDICT_BATCH`.
 
@@ -230,9 +295,11 @@ def batch_checks(images: tf.Tensor, channels: int, max_pixels: int) -> list[tf.O
 __all__ = [
     "PREDICT_BATCH",
     "batch_checks",
+    "check_items",
     "decode_for_serving",
     "image_list",
     "resize",
     "same_size_batches",
+    "stream_batches",
     "to_uint8",
 ]

@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras_densenet import images as image_files
 from keras_densenet import rundir
 from keras_densenet._validation import check_int
-from keras_densenet.export.inputs import image_list, resize, same_size_batches
+from keras_densenet.export.inputs import check_items, stream_batches
 from keras_densenet.export.model import check_class_names, model_spec, resolve_model
 from keras_densenet.export.savedmodel import (
     IMAGES_INPUT,
@@ -70,6 +70,9 @@ def predict(
     Works on a Keras model, a ``.keras`` file, a run directory, an exported
     SavedModel version directory, or a model directory (its highest version).
     Images are resized to the model's input size as the exported graph does.
+    Files are checked from their headers first, then decoded one at a time
+    and run in batches of bounded size, so memory does not grow with their
+    number.
 
     Args:
         model_or_path: The model or a path as above.
@@ -115,21 +118,22 @@ def predict(
                     f"Directory {path!r} is neither an exported SavedModel (version or model "
                     f"directory) nor a training run directory with {' or '.join(rundir.MODELS)}."
                 )
+    items = check_items(images, max_image_pixels)  # every file's header, before any work
+    size = None
     if savedmodel is not None:
         run, channels, stored_names = _savedmodel_predictor(savedmodel)
-        pixel_images = image_list(images, channels, max_image_pixels)
     else:
         model, stored_names = resolve_model(model_or_path, allow_unsafe=allow_unsafe)
         height, width, channels, _ = model_spec(model)
-        pixel_images = image_list(images, channels, max_image_pixels)
+        size = (height, width)  # resized as decoded: one image at its own size at a time
 
         def run(batch: np.ndarray) -> np.ndarray:
-            probabilities = model(resize(batch, height, width), training=False)
+            probabilities = model(batch, training=False)
             return np.asarray(keras.ops.convert_to_numpy(probabilities), np.float32)
 
-    results: list[list[tuple[str, float]] | None] = [None] * len(pixel_images)
+    results: list[list[tuple[str, float]] | None] = [None] * len(items)
     names: list[str] | None = None
-    for indices, batch in same_size_batches(pixel_images):
+    for indices, batch in stream_batches(items, channels, max_image_pixels, size):
         probabilities = run(batch)
         if names is None:
             chosen = class_names if class_names is not None else stored_names
