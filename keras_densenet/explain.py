@@ -204,24 +204,29 @@ def check_explanation_paths(paths: Sequence[str], overwrite: bool) -> None:
 
 def write_explanations(
     model: keras.Model,
-    images: Sequence[np.ndarray],
+    images: Any,
     paths: Sequence[str],
     *,
     overwrite: bool = False,
+    max_image_pixels: int | None = None,
 ) -> list[str]:
     """Writes each image with its top class's Grad-CAM heatmap over it, as PNG.
 
-    One image at a time (memory does not grow with their number); each file
-    is written to a temporary name, then renamed.
+    One image at a time, decoded only when its turn comes (memory does not
+    grow with their number); each file is written to a temporary name, then
+    renamed.
 
     Args:
         model: The classifier (a Keras model: a SavedModel has no gradients
             of its features to read).
-        images: uint8 images ``(H, W, C)`` of the model's channels, any size:
-            each is resized to the model's input as `predict` does, and the
-            heatmap back to the image's size.
+        images: What `keras_densenet.export.predict` takes: uint8 images
+            ``(H, W, C)`` of any size, or image file paths. Each is resized to
+            the model's input as `predict` does, and the heatmap back to the
+            image's size.
         paths: Where to write each (`explanation_paths`).
         overwrite: Replace existing files.
+        max_image_pixels: Largest ``width x height`` accepted (default: the
+            package's limit).
 
     Returns:
         The written paths.
@@ -236,13 +241,18 @@ def write_explanations(
     from PIL import Image
 
     from keras_densenet import _io
-    from keras_densenet.export.inputs import resize
+    from keras_densenet import images as image_files
+    from keras_densenet.export.inputs import check_items, image_list, resize
 
     check_explanation_paths(paths, overwrite)
-    height, width = model.input_shape[1:3]
+    limit = image_files.MAX_PIXELS if max_image_pixels is None else max_image_pixels
+    items = check_items(images, limit)
+    if len(items) != len(paths):
+        raise ValueError(f"{len(items)} images but {len(paths)} output paths.")
+    height, width, channels = model.input_shape[1:4]
     written = []
-    for image, path in zip(images, paths, strict=True):
-        pixels = np.asarray(image)
+    for item, path in zip(items, paths, strict=True):
+        (pixels,) = image_list([item], channels, limit)
         heat = grad_cam(model, resize(pixels[None], height, width).numpy())[0]
         heat = tf.image.resize(heat[..., None], pixels.shape[:2], method="bilinear").numpy()
         picture = Image.fromarray(overlay(pixels, heat[..., 0]))

@@ -372,12 +372,16 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{label}{suffix}: {guesses}")
     if explain_paths:
         from keras_densenet.explain import write_explanations
-        from keras_densenet.export.inputs import image_list
         from keras_densenet.export.model import resolve_model
 
         model, _ = resolve_model(args.model, allow_unsafe=args.allow_unsafe)
-        pixels = image_list(images, model.input_shape[-1], args.max_image_pixels)
-        for path in write_explanations(model, pixels, explain_paths, overwrite=args.overwrite):
+        for path in write_explanations(
+            model,
+            images,
+            explain_paths,
+            overwrite=args.overwrite,
+            max_image_pixels=args.max_image_pixels,
+        ):
             print(f"wrote {path}")
     return 0
 
