@@ -230,3 +230,9 @@ def test_fine_tuning_options_are_checked_together():
             TrainConfig(weights="runs/x", backbone_lr_scale=scale)
     with pytest.raises(ValueError, match="`normalization`"):
         TrainConfig(normalization="torch")
+
+
+def test_deterministic_needs_a_seed():
+    TrainConfig(deterministic=True, seed=3)
+    with pytest.raises(ValueError, match=r"`deterministic` .* needs a `seed`"):
+        TrainConfig(deterministic=True)

@@ -569,3 +569,30 @@ def test_a_missing_reader_package_is_named(tmp_path, monkeypatch):
     assert str(caught.value) == (
         "Reading .safetensors files needs the safetensors package: pip install safetensors."
     )
+
+
+@pytest.mark.reliability("crash")
+def test_a_file_size_limit_during_convert_weights_is_one_line_and_leaves_no_file(tmp_path):
+    import resource
+
+    net = random_torch_densenet("densenet121", seed=1)
+    source = tmp_path / "tv.pth"
+    torch.save(net.state_dict(), source)
+    out = tmp_path / "out.weights.h5"
+
+    def limit() -> None:  # ulimit -f 1024: writes past 1 MiB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    command = ["convert-weights", str(source), str(out), "--preset", "densenet121"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_densenet", *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("keras-densenet")]
+    assert len(lines) == 1 and "file-size limit" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["tv.pth"]  # no partial or temporary file

@@ -73,6 +73,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"{PROG} {args.command}: error: {message}")
     except KeyboardInterrupt:
         fail(f"{PROG} {args.command}: interrupted", code=130)
+    except OSError as err:  # the disk: full, read-only, a file-size limit, a directory in the way
+        fail(f"{PROG} {args.command}: {_os_error(err)}", code=1)
+    except Exception as err:
+        if "OpError" not in {cls.__name__ for cls in type(err).__mro__}:
+            raise  # a bug: its traceback is what a report needs
+        # TensorFlow's writes fail as OpErrors (a full disk while saving a model).
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fail(f"{PROG} {args.command}: {first}", code=1)
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an operating-system error, naming the file and what to do."""
+    import errno
+
+    what = err.strerror or str(err) or type(err).__name__
+    where = f" ({err.filename})" if err.filename else ""
+    advice = {
+        errno.ENOSPC: "; free some space and run it again (--resume continues a run)",
+        errno.EFBIG: "; a file-size limit stopped the write (ulimit -f)",
+        errno.EROFS: "; the directory is read-only",
+        errno.EACCES: "; no permission to write there",
+        errno.EISDIR: "; a directory is in the way of the file",
+    }.get(err.errno or 0, "")
+    return f"{what}{where}{advice}; every file written before is whole"
 
 
 __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_assignments"]

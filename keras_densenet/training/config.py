@@ -414,6 +414,10 @@ class TrainConfig:
             raise ValueError(
                 f"`warmup_epochs` must be at most `epochs`={self.epochs}, got {self.warmup_epochs}."
             )
+        if self.deterministic and self.seed is None:
+            raise ValueError(
+                "`deterministic` makes a run repeat itself exactly: it needs a `seed`."
+            )
         if self.freeze_epochs > self.epochs:
             raise ValueError(
                 f"`freeze_epochs` must be at most `epochs`={self.epochs}, got {self.freeze_epochs}."
