@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,13 +140,24 @@ def save_model(model: Any, path: str | os.PathLike) -> str:
 
     Returns:
         ``path`` as a string.
+
+    Raises:
+        OSError: If the disk refuses the write (full, a file-size limit),
+            also where HDF5 reports it as a ``RuntimeError`` naming the errno.
     """
     path = os.fspath(path)
-    with atomic_path(path) as tmp:
-        if path.endswith(".weights.h5"):
-            model.save_weights(tmp)
-        else:
-            model.save(tmp)
+    try:
+        with atomic_path(path) as tmp:
+            if path.endswith(".weights.h5"):
+                model.save_weights(tmp)
+            else:
+                model.save(tmp)
+    except RuntimeError as err:  # HDF5: "... file write failed: ..., errno = 28, ..."
+        found = re.search(r"errno = (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), path) from err
     return path
 
 

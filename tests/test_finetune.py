@@ -298,3 +298,33 @@ def test_a_run_still_training_is_not_exported(source, tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert run_command(capsys, "export", source, "--out", str(tmp_path / "served")).returncode == 0
+
+
+@pytest.mark.reliability("crash")
+def test_a_full_disk_during_training_is_one_line_and_resumable(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:  # not root, or no mount in this sandbox
+        pytest.skip(f"a 400 KB tmpfs cannot be mounted here: {mounted.stderr!r}")
+    try:
+        flags = "--preset densenet_bc_100_12 --depth 10 --growth-rate 4 --epochs 1"
+        flags += " --steps-per-epoch 2 --bn-recalibrate-steps 1 --quiet"
+        command = [sys.executable, "-m", "keras_densenet", "train", *flags.split()]
+        proc = subprocess.run(
+            [*command, "--out", str(small / "run")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=same_package_env(keras_densenet),
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("keras-densenet train: No space left on device"), last
+        # What was written is whole: the config reads back.
+        assert rundir.read_config(small / "run")["depth"] == 10
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
