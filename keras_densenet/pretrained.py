@@ -114,7 +114,10 @@ def identify(path: str | os.PathLike) -> PretrainedSource:
         ValueError: Naming the path, if it does not exist, is of no kind read
             here, or is of another format than its extension says.
     """
+    from keras_densenet import rundir
+
     path = os.fspath(path)
+    rundir.check_link(path, "weights")
     if os.path.isdir(path):
         return _identify_directory(path)
     if not os.path.exists(path):
@@ -192,7 +195,8 @@ def _from_model(source: Any, rename: Any = None) -> Arrays:
     return arrays
 
 
-def _load_keras_hub(path: str) -> Any:
+def load_keras_hub(path: str) -> Any:
+    """A keras-hub backbone saved on disk: a ``.keras`` file or a preset directory."""
     try:
         import keras_hub
     except ImportError as err:
@@ -249,7 +253,7 @@ def read_backbone_arrays(source: PretrainedSource, targets: dict[str, Any]) -> A
     if source.kind == "torch":
         return _from_torch(source.path, targets)
     if source.kind == "keras-hub":
-        return _from_model(_load_keras_hub(source.path), weights.keras_hub_name)
+        return _from_model(load_keras_hub(source.path), weights.keras_hub_name)
     from keras_densenet import rundir
 
     return _from_model(rundir.load_model(source.path, compile=False))
@@ -385,6 +389,7 @@ __all__ = [
     "identify",
     "imagenet_statistics",
     "load_backbone_weights",
+    "load_keras_hub",
     "read_backbone_arrays",
     "source_normalization",
 ]

@@ -103,6 +103,28 @@ def lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[
         os.close(fd)  # releases the lock
 
 
+def check_link(path: str | os.PathLike, name: str) -> None:
+    """Refuses a symbolic link that leads nowhere, naming it as such.
+
+    A dangling link or a loop of links reads as "not found" or "File exists"
+    to the calls after it; say what it is instead.
+
+    Raises:
+        ValueError: For a dangling link or a loop of links in ``path``.
+    """
+    path = os.fspath(path)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"`{name}` {path!r} is a loop of symbolic links.") from None
+        if os.path.islink(path):
+            raise ValueError(
+                f"`{name}` {path!r} is a symbolic link to {os.readlink(path)!r}, which does not "
+                "exist."
+            ) from None
+
+
 def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: bool = True) -> str:
     """Creates a directory if needed and checks a file can be written in it.
 
@@ -125,6 +147,7 @@ def ensure_writable_dir(path: str | os.PathLike, name: str = "out", *, keep: boo
         ValueError: If it is not a directory, cannot be created or is not writable.
     """
     path = os.fspath(path)
+    check_link(path, name)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`{name}` {path!r} exists and is not a directory.")
     try:
@@ -260,6 +283,7 @@ def model_file(path: str | os.PathLike) -> str:
         ValueError: If there is no such file, or the directory holds no model.
     """
     path = os.fspath(path)
+    check_link(path, "model")
     if os.path.isdir(path):
         for name in MODELS:
             candidate = os.path.join(path, name)
@@ -665,6 +689,7 @@ __all__ = [
     "MODELS",
     "SUMMARY",
     "DirectoryInUseError",
+    "check_link",
     "check_model_file",
     "class_names",
     "ensure_writable_dir",

@@ -506,12 +506,34 @@ def load_keras_hub_weights(model: keras.Model, backbone: keras.Model) -> None:
     Args:
         model: A model from `build_densenet` with the backbone's layout
             (``include_top=False``, ``pooling=None``).
-        backbone: A ``keras_hub.models.DenseNetBackbone``.
+        backbone: A ``keras_hub.models.DenseNetBackbone``, or the path of one
+            saved on disk (a ``.keras`` file or a preset directory).
 
     Raises:
         ValueError: If a layer has no counterpart or a shape differs (nothing
-            is changed then).
+            is changed then), or ``backbone`` is a path that does not exist
+            (a preset *name* would be a download: fetch it yourself).
+        TypeError: If ``backbone`` is neither a Keras model nor a path.
     """
+    if isinstance(backbone, (str, os.PathLike)):
+        from keras_densenet.pretrained import identify, load_keras_hub
+
+        path = os.fspath(backbone)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"keras-hub backbone {path!r} not found: pass a DenseNetBackbone, its .keras "
+                "file or its preset directory (preset names are downloaded, which this "
+                "package never does)."
+            )
+        source = identify(path)
+        if source.kind != "keras-hub":
+            raise ValueError(f"{path!r} is not a keras-hub backbone: it is a {source.kind} file.")
+        backbone = load_keras_hub(path)
+    if not isinstance(backbone, keras.Model):
+        raise TypeError(
+            f"`backbone` must be a keras_hub DenseNetBackbone or its path, got "
+            f"{type(backbone).__name__}."
+        )
     targets = leaf_layers(model)
     plan = []
     for name, layer in leaf_layers(backbone).items():

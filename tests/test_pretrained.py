@@ -209,6 +209,17 @@ def test_keras_hub_backbone_file_loads(tmp_path):
     for name, hub_name in (("conv2_block1_2_conv", "stack1_block1_2_conv"), ("bn", "bn")):
         for a, b in zip(ours[name].get_weights(), theirs[hub_name].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+    # load_keras_hub_weights takes the saved backbone's path too; a preset name is refused.
+    from keras_densenet.weights import load_keras_hub_weights
+
+    features = build_densenet(
+        blocks=(2, 2), growth_rate=8, input_shape=(33, 33, 3), include_top=False
+    )
+    load_keras_hub_weights(features, str(path))
+    with pytest.raises(ValueError, match=r"'densenet_121_imagenet' not found.*never does"):
+        load_keras_hub_weights(features, "densenet_121_imagenet")
+    with pytest.raises(TypeError, match="`backbone`"):
+        load_keras_hub_weights(features, 3)
     # A preset directory (what keras_hub's save_to_preset writes) loads the same way.
     preset = tmp_path / "preset"
     hub.save_to_preset(str(preset))

@@ -655,3 +655,25 @@ def test_runs_and_searches_keep_to_their_own_directories(tmp_path):
     with pytest.raises(ValueError, match=r"is a training run directory \(config\.json, summary"):
         rundir.check_tuning_dir(run)
     rundir.check_tuning_dir(tmp_path / "new")
+
+
+@pytest.mark.reliability("misleading message")
+def test_dangling_links_and_link_loops_are_named_as_such(tmp_path):
+    from keras_densenet.pretrained import identify
+
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    for check in (
+        lambda p: rundir.ensure_writable_dir(p, keep=False),
+        rundir.model_file,
+        identify,
+    ):
+        with pytest.raises(ValueError, match=r"is a symbolic link to .*gone.*does not exist"):
+            check(dangling)
+        with pytest.raises(ValueError, match="is a loop of symbolic links"):
+            check(loop)
+    rundir.check_link(tmp_path, "out")  # a real directory, and a path not made yet, pass
+    rundir.check_link(tmp_path / "new", "out")
