@@ -20,6 +20,7 @@ from typing import Any
 
 from keras_densenet._validation import check_float, check_int, check_int_sequence
 from keras_densenet.architecture import MAX_BLOCK_LAYERS, MAX_WIDTH, blocks_from_depth
+from keras_densenet.training.config import ARCHITECTURE_OPTIONS
 
 #: The tuners `keras_densenet.tuning.tune` can run.
 TUNERS = ("hyperband", "bayesian", "random")
@@ -42,16 +43,8 @@ SEARCH_SPACE: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 #: Names that can only be fixed (they replace ``layers_per_block``).
 FIXED_ONLY = ("depth", "blocks")
-#: The `TrainConfig` fields a search sets.
-ARCH_FIELDS = (
-    "depth",
-    "blocks",
-    "growth_rate",
-    "compression",
-    "bottleneck",
-    "dropout_rate",
-    "learning_rate",
-)
+#: The `TrainConfig` fields a search sets: the network's (its preset aside) and the rate.
+ARCH_FIELDS = (*(f for f in ARCHITECTURE_OPTIONS if f != "preset"), "learning_rate")
 #: A smoke run that finishes in a couple of minutes on a laptop CPU: small
 #: models (k 4..12, 1..2 layers per block), 20 steps per epoch.
 QUICK = MappingProxyType(
