@@ -669,3 +669,27 @@ def test_declared_search_space_is_the_documented_one():
     rate = declared["learning_rate"]
     assert (rate["min_value"], rate["max_value"], rate["sampling"]) == (0.01, 0.3, "log")
     assert set(declared["bottleneck"]) >= {"default"} and declared["bottleneck"]["default"] is True
+
+
+@pytest.mark.reliability("misleading message")
+def test_a_moved_tuning_directory_resumes_and_other_options_are_still_refused(tmp_path):
+    from keras_densenet.tuning.search import TUNE_CONFIG, _prepare_out
+
+    def record(out: str, max_epochs: int = 2) -> dict:
+        base = TrainConfig(epochs=2, out=os.path.join(out, "best_run")).to_dict()
+        return {"tuner": "random", "max_trials": 2, "max_epochs": max_epochs, "base": base}
+
+    first = tmp_path / "a" / "search"
+    first.mkdir(parents=True)
+    # A search recorded before the base's `out` was left out of the record.
+    (first / TUNE_CONFIG).write_text(json.dumps(record(str(first))))
+    moved = tmp_path / "b" / "search"
+    moved.parent.mkdir()
+    os.rename(first, moved)
+    now = record(str(moved))
+    now["base"].pop("out")
+    _prepare_out(str(moved), now, overwrite=False)  # the same search, in its new place
+    changed = record(str(moved), max_epochs=3)
+    changed["base"].pop("out")
+    with pytest.raises(ValueError, match="holds a search with other options"):
+        _prepare_out(str(moved), changed, overwrite=False)

@@ -60,6 +60,8 @@ def _prepare_out(out: str, record: dict[str, Any], overwrite: bool) -> None:
             "or choose another directory."
         )
     if previous is not None:
+        if isinstance(previous.get("base"), dict):  # written before `out` was left out
+            previous["base"].pop("out", None)
         # Anything but more trials would mix two different searches in one oracle.
         now = json.loads(json.dumps(record, default=str))
         changed = rundir.option_changes(previous, now, _RESUMABLE_CHANGES)
@@ -150,7 +152,10 @@ def tune(
         "max_epochs": max_epochs,
         "factor": factor,
         **hypermodel.describe(),
-        "base": {k: v for k, v in hypermodel.base.to_dict().items() if k != "verbose"},
+        # Not the base's `out`: it follows the tuning directory, which may be moved.
+        "base": {
+            k: v for k, v in hypermodel.base.to_dict().items() if k not in ("verbose", "out")
+        },
     }
     with contextlib.ExitStack() as stack:
         if role != "worker":  # the chief (or a lone process) owns the directory
