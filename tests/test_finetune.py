@@ -328,3 +328,30 @@ def test_a_full_disk_during_training_is_one_line_and_resumable(tmp_path):
         assert rundir.read_config(small / "run")["depth"] == 10
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.reliability("crash")
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_version(source, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:  # not root, or no mount in this sandbox
+        pytest.skip(f"a 64 KB tmpfs cannot be mounted here: {mounted.stderr!r}")
+    try:
+        served = str(small / "served")
+        proc = subprocess.run(
+            [sys.executable, "-m", "keras_densenet", "export", source, "--out", served],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=same_package_env(keras_densenet),
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "function_node" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("keras-densenet export:") and "No space left" in last, last
+        assert os.listdir(small / "served") == []  # no partial version, no scratch
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

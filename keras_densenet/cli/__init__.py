@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug: its traceback is what a report needs
         # TensorFlow's writes fail as OpErrors (a full disk while saving a model).
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)  # TensorFlow's op path
+        if "No space left on device" in first:
+            first += "; free some space and run it again"
         fail(f"{PROG} {args.command}: {first}", code=1)
 
 
