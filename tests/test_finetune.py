@@ -9,6 +9,7 @@ size than the source's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -300,58 +301,52 @@ def test_a_run_still_training_is_not_exported(source, tmp_path, capsys):
     assert run_command(capsys, "export", source, "--out", str(tmp_path / "served")).returncode == 0
 
 
-@pytest.mark.reliability("crash")
-def test_a_full_disk_during_training_is_one_line_and_resumable(tmp_path):
+@contextlib.contextmanager
+def _small_disk(tmp_path: pathlib.Path, size: str):
+    """A tmpfs of ``size`` (e.g. ``"64k"``) mounted for the block: a disk that fills up."""
     small = tmp_path / "small"
     small.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], capture_output=True
     )
     if mounted.returncode != 0:  # not root, or no mount in this sandbox
-        pytest.skip(f"a 400 KB tmpfs cannot be mounted here: {mounted.stderr!r}")
+        pytest.skip(f"a {size} tmpfs cannot be mounted here: {mounted.stderr!r}")
     try:
-        flags = "--preset densenet_bc_100_12 --depth 10 --growth-rate 4 --epochs 1"
-        flags += " --steps-per-epoch 2 --bn-recalibrate-steps 1 --quiet"
-        command = [sys.executable, "-m", "keras_densenet", "train", *flags.split()]
-        proc = subprocess.run(
-            [*command, "--out", str(small / "run")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=same_package_env(keras_densenet),
-        )
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def _command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "keras_densenet", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=same_package_env(keras_densenet),
+    )
+
+
+@pytest.mark.reliability("crash")
+def test_a_full_disk_during_training_is_one_line_and_resumable(tmp_path):
+    flags = "--preset densenet_bc_100_12 --depth 10 --growth-rate 4 --epochs 1"
+    flags += " --steps-per-epoch 2 --bn-recalibrate-steps 1 --quiet"
+    with _small_disk(tmp_path, "400k") as small:
+        proc = _command("train", *flags.split(), "--out", str(small / "run"))
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("keras-densenet train: No space left on device"), last
         # What was written is whole: the config reads back.
         assert rundir.read_config(small / "run")["depth"] == 10
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 @pytest.mark.reliability("crash")
 def test_a_full_disk_during_export_is_one_line_and_leaves_no_version(source, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
-    )
-    if mounted.returncode != 0:  # not root, or no mount in this sandbox
-        pytest.skip(f"a 64 KB tmpfs cannot be mounted here: {mounted.stderr!r}")
-    try:
-        served = str(small / "served")
-        proc = subprocess.run(
-            [sys.executable, "-m", "keras_densenet", "export", source, "--out", served],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=same_package_env(keras_densenet),
-        )
+    with _small_disk(tmp_path, "64k") as small:
+        proc = _command("export", source, "--out", str(small / "served"))
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and "function_node" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("keras-densenet export:") and "No space left" in last, last
         assert os.listdir(small / "served") == []  # no partial version, no scratch
-    finally:
-        subprocess.run(["umount", str(small)], check=False)

@@ -153,9 +153,7 @@ def tune(
         "factor": factor,
         **hypermodel.describe(),
         # Not the base's `out`: it follows the tuning directory, which may be moved.
-        "base": {
-            k: v for k, v in hypermodel.base.to_dict().items() if k not in ("verbose", "out")
-        },
+        "base": {k: v for k, v in hypermodel.base.to_dict().items() if k not in ("verbose", "out")},
     }
     with contextlib.ExitStack() as stack:
         if role != "worker":  # the chief (or a lone process) owns the directory
