@@ -1,4 +1,4 @@
-"""Evaluation: accuracy, per-class accuracy and the confusion matrix of a model.
+"""Evaluation: accuracy and the confusion matrix, or per-label AUROC (multi-label).
 
 `evaluate` takes a model, a ``.keras`` file or a run directory; for a run
 directory the dataset, its options and the validation split default to the
@@ -97,18 +97,6 @@ def _check_fits(model: Any, info: Any, name: str) -> None:
         )
 
 
-def _predict_labels(model: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(true labels, predicted labels)`` over every batch."""
-    import keras
-
-    labels, predictions = [], []
-    for images, batch_labels in batches:
-        probabilities = model.predict_on_batch(np.asarray(images))
-        predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
-        labels.append(np.asarray(batch_labels))
-    return np.concatenate(labels), np.concatenate(predictions)
-
-
 def evaluate(
     model: Any,
     dataset: str | None = None,
@@ -121,9 +109,10 @@ def evaluate(
     channels: int | None = None,
     validation_fraction: float | None = None,
     bad_images: str | None = None,
+    thresholds: Sequence[float] | None = None,
     allow_unsafe: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and a confusion matrix on a split.
+    """Scores a model on a split: accuracy and a confusion matrix, or per-label AUROC.
 
     Args:
         model: A Keras model, a ``.keras`` file, or a run directory.
@@ -131,8 +120,8 @@ def evaluate(
             default: the run's dataset when ``model`` is a run directory.
         split: ``"train"``, ``"validation"`` or ``"test"``.
         out: Where to write ``evaluation.json`` and ``confusion_matrix.png``
-            (a run directory if ``model`` is one; nothing written if None).
-            Checked before any work.
+            (``roc_curves.png`` for multi-label data); a run directory if
+            ``model`` is one; nothing written if None. Checked before any work.
         data_dir: Data directory (default: the run's).
         batch_size: Evaluation batch size.
         image_size: Optional resize, as in training (default: the run's).
@@ -141,28 +130,37 @@ def evaluate(
             ``"validation"`` (default: the run's).
         bad_images: Image folders: ``"error"`` or ``"skip"`` for files that are
             not readable images (default: the run's, else ``"error"``).
+        thresholds: Multi-label data: one decision threshold per label for
+            precision, recall and F1 (default: the run's ``thresholds.json``,
+            else 0.5).
         allow_unsafe: Allow a model file that carries code (see
             `keras_densenet.rundir.load_model`).
 
     Returns:
-        ``{"accuracy", "per_class_accuracy", "per_class"`` (precision, recall,
-        F1 and support of each class), ``"macro_f1", "confusion_matrix",
-        "class_names", "num_examples", "split"}``.
+        Single-label data: ``{"accuracy", "per_class_accuracy", "per_class"``
+        (precision, recall, F1 and support of each class), ``"macro_f1",
+        "confusion_matrix", "class_names", "num_examples", "split"}``.
+        Multi-label data: ``{"macro_auroc", "per_label"`` (AUROC, precision,
+        recall, F1, support and threshold of each label), ``"macro_f1",
+        "class_names", "num_examples", "split", "multi_label": True}``.
 
     Raises:
         ValueError: For a missing model or dataset, an unwritable ``out``, a
             split the data does not have, or a model whose input or classes do
             not fit the data.
     """
-    import keras
+    from keras_densenet.viz import plot_confusion_matrix, plot_roc_curves
 
-    from keras_densenet.data import load_dataset
-    from keras_densenet.viz import plot_confusion_matrix
-
-    check_choice("split", split, SPLITS)
-    check_positive_int("batch_size", batch_size, 65_536)
-    options = _run_defaults(
+    if out is None and isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+        out = model
+    if thresholds is None and isinstance(model, (str, os.PathLike)):
+        thresholds = run_thresholds(model)
+    model, ds, info = _load_split(
         model,
+        split,
+        out,
+        batch_size,
+        allow_unsafe,
         {
             "dataset": dataset,
             "data_dir": data_dir,
@@ -172,8 +170,39 @@ def evaluate(
             "bad_images": bad_images,
         },
     )
-    if out is None and isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
-        out = model
+    targets, probabilities = predict_split(model, ds)
+    title = f"{model.name} on {info.name} {split}"
+    if info.multi_label:
+        result = _multi_label_result(targets, probabilities, info, thresholds)
+    else:
+        result = _single_label_result(targets, probabilities, info)
+    result.update(num_examples=len(targets), split=split)
+    if out is not None:
+        _io.write_json(os.path.join(out, rundir.EVALUATION), result)
+        if info.multi_label:
+            plot_roc_curves(targets, probabilities, info.class_names, os.path.join(out, rundir.ROC), title)
+        else:
+            matrix = np.asarray(result["confusion_matrix"])
+            plot_confusion_matrix(matrix, info.class_names, os.path.join(out, rundir.CONFUSION), title)
+    return result
+
+
+def _load_split(
+    model: Any,
+    split: str,
+    out: Any,
+    batch_size: int,
+    allow_unsafe: bool,
+    given: dict[str, Any],
+) -> tuple[Any, Any, Any]:
+    """The checked model, the split's unaugmented batches and its `DatasetInfo`."""
+    import keras
+
+    from keras_densenet.data import load_dataset
+
+    check_choice("split", split, SPLITS)
+    check_positive_int("batch_size", batch_size, 65_536)
+    options = _run_defaults(model, given)
     if out is not None:
         rundir.ensure_writable_dir(out, "out")
     if not isinstance(model, keras.Model):
@@ -194,13 +223,37 @@ def evaluate(
         validation_fraction=options["validation_fraction"],
         bad_images=options["bad_images"] or "error",
     )
-    name = options["dataset"]
-    _check_fits(model, info, name)
-    y_true, y_pred = _predict_labels(model, ds)
+    _check_fits(model, info, options["dataset"])
+    return model, ds, info
+
+
+def predict_split(model: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, probabilities)`` of a model over every batch of a split.
+
+    Args:
+        model: A Keras model.
+        batches: ``(images, labels)`` batches, images as the model takes them.
+
+    Returns:
+        The labels as the data gives them (class indices, or multi-hot
+        vectors) and the model's outputs, float32, one row per example.
+    """
+    import keras
+
+    labels, outputs = [], []
+    for images, batch_labels in batches:
+        probabilities = model.predict_on_batch(np.asarray(images))
+        outputs.append(np.asarray(keras.ops.convert_to_numpy(probabilities), np.float32))
+        labels.append(np.asarray(batch_labels))
+    return np.concatenate(labels), np.concatenate(outputs)
+
+
+def _single_label_result(y_true: np.ndarray, probabilities: np.ndarray, info: Any) -> dict[str, Any]:
+    y_pred = np.argmax(probabilities, axis=-1)
     matrix = confusion_matrix(y_true, y_pred, info.num_classes)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
     scores = precision_recall_f1(matrix)
-    result = {
+    return {
         "accuracy": float(np.mean(y_true == y_pred)),
         "per_class_accuracy": dict(zip(info.class_names, map(float, per_class), strict=True)),
         "per_class": {
@@ -210,18 +263,57 @@ def evaluate(
         "macro_f1": float(np.mean(scores["f1"])),
         "confusion_matrix": matrix.tolist(),
         "class_names": list(info.class_names),
-        "num_examples": len(y_true),
-        "split": split,
     }
-    if out is not None:
-        _io.write_json(os.path.join(out, rundir.EVALUATION), result)
-        plot_confusion_matrix(
-            matrix,
-            info.class_names,
-            os.path.join(out, rundir.CONFUSION),
-            title=f"{model.name} on {name} {split}",
+
+
+def _multi_label_result(
+    targets: np.ndarray, probabilities: np.ndarray, info: Any, thresholds: Any
+) -> dict[str, Any]:
+    from keras_densenet.scores import label_scores
+
+    if thresholds is not None and len(thresholds) != info.num_classes:
+        raise ValueError(
+            f"`thresholds` has {len(thresholds)} values for the {info.num_classes} labels of "
+            f"{info.name!r}."
         )
-    return result
+    scores = label_scores(targets, probabilities, thresholds)
+    areas = scores["auroc"][~np.isnan(scores["auroc"])]
+    return {
+        "macro_auroc": float(np.mean(areas)) if areas.size else float("nan"),
+        "per_label": {
+            name: {key: scores[key][i].item() for key in scores}
+            for i, name in enumerate(info.class_names)
+        },
+        "macro_f1": float(np.mean(scores["f1"])),
+        "class_names": list(info.class_names),
+        "multi_label": True,
+    }
 
 
-__all__ = ["SPLITS", "confusion_matrix", "evaluate", "precision_recall_f1"]
+def primary_score(result: dict[str, Any]) -> float:
+    """The number a result is judged by: accuracy, or the macro AUROC (multi-label)."""
+    return result["macro_auroc"] if result.get("multi_label") else result["accuracy"]
+
+
+def run_thresholds(path: str | os.PathLike) -> list[float] | None:
+    """A multi-label run's decision thresholds (``thresholds.json``), or None.
+
+    Args:
+        path: A run directory (anything else has none).
+    """
+    file = os.path.join(os.fspath(path), rundir.THRESHOLDS)
+    if not os.path.isfile(file):
+        return None
+    stored = _io.read_json(file, "thresholds file")
+    return [float(stored[name]) for name in stored]
+
+
+__all__ = [
+    "SPLITS",
+    "confusion_matrix",
+    "evaluate",
+    "precision_recall_f1",
+    "predict_split",
+    "primary_score",
+    "run_thresholds",
+]

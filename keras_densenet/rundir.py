@@ -46,6 +46,9 @@ LOGS = "logs"
 CURVES = "curves.png"
 CONFUSION = "confusion_matrix.png"
 EVALUATION = "evaluation.json"
+ROC = "roc_curves.png"
+#: A multi-label run's decision thresholds, one per label, chosen on validation.
+THRESHOLDS = "thresholds.json"
 LOCK = ".lock"
 #: The models a run directory holds, in the order loaders prefer them.
 MODELS = (BEST, LAST)

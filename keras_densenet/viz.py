@@ -155,6 +155,55 @@ def plot_confusion_matrix(
     return save_figure(fig, path)
 
 
+def plot_roc_curves(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    label_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "ROC curves",
+) -> str:
+    """Draws one ROC curve per label, its AUROC in the legend.
+
+    Args:
+        targets: ``(N, labels)`` 0/1 truth.
+        probabilities: ``(N, labels)`` scores.
+        label_names: One name per label.
+        path: The PNG file to write.
+        title: Figure title.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: If the shapes and names do not match.
+    """
+    from keras_densenet.scores import roc_auc, roc_curve
+
+    targets, probabilities = np.asarray(targets), np.asarray(probabilities)
+    if targets.shape != probabilities.shape or targets.ndim != 2:
+        raise ValueError(
+            f"`targets` and `probabilities` must be (examples, labels) of one shape, got "
+            f"{targets.shape} and {probabilities.shape}."
+        )
+    if len(label_names) != targets.shape[1]:
+        raise ValueError(f"`label_names` has {len(label_names)} names for {targets.shape[1]} labels.")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    areas = []
+    for i, name in enumerate(label_names):
+        fpr, tpr = roc_curve(targets[:, i], probabilities[:, i])
+        if fpr.size:
+            areas.append(roc_auc(targets[:, i], probabilities[:, i]))
+            ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({areas[-1]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title} (macro AUROC {np.mean(areas) if areas else float('nan'):.3f})")
+    return save_figure(fig, path)
+
+
 def plot_feature_maps(
     model: Any,
     image: np.ndarray,

@@ -145,8 +145,13 @@ def _report(summary: dict[str, Any], out: str, complete: bool) -> int:
     """The run's last line (and that it was complete already)."""
     if complete:
         print(f"run {out} is already complete ({summary.get('epochs')} epochs): nothing to do")
+    score = (
+        f"test macro AUROC {summary['test_macro_auroc']:.4f}"
+        if summary.get("multi_label")
+        else f"test accuracy {summary['test_accuracy']:.4f}"
+    )
     print(
-        f"test accuracy {summary['test_accuracy']:.4f} | params {summary['params']:,} | "
+        f"{score} | params {summary['params']:,} | "
         f"{summary['epochs']} epochs | {summary['images_per_second'] or 0:.1f} images/s | "
         f"{summary['wall_time_s']:.0f} s | run {out}"
     )

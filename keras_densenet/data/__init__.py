@@ -11,7 +11,9 @@ already on disk first, in this order:
    them (``/usr/share/datasets/fashion-mnist``).
 3. ``"folder"``: an image folder with one sub-folder per class, when ``name``
    is a directory (or ``data_dir/name`` is one).
-4. ``"sample"``: the name ``fashion_mnist_sample``: 3,000 training and 1,000
+4. ``"labels"``: a label file, when ``name`` ends with ``.csv``: one row per
+   image with its labels (several per image, see `labels`); nothing else is tried.
+5. ``"sample"``: the name ``fashion_mnist_sample``: 3,000 training and 1,000
    test images of the real Fashion-MNIST (class-balanced, built by
    `make_sample`) shipped inside the package, so examples and tests run offline.
 
@@ -22,8 +24,8 @@ The pipeline follows the paper's CIFAR/SVHN recipe: per-channel mean/std
 normalisation with statistics of the training split and, for training, a
 random crop after 4-pixel zero padding plus a horizontal flip (not for digits).
 
-Modules: `idx` (IDX files, the embedded sample), `sources` (where the data
-comes from) and `pipeline` (`load_dataset`).
+Modules: `idx` (IDX files, the embedded sample), `labels` (label files),
+`sources` (where the data comes from) and `pipeline` (`load_dataset`).
 
 Example:
     >>> dataset, info = load_dataset("fashion_mnist_sample", "train", batch_size=64)
@@ -40,6 +42,7 @@ from keras_densenet.data.idx import (
     make_sample,
     read_idx,
 )
+from keras_densenet.data.labels import read_label_csv
 from keras_densenet.data.pipeline import (
     BAD_IMAGES,
     NO_FLIP,
@@ -65,5 +68,6 @@ __all__ = [
     "DatasetNotFoundError",
     "load_dataset",
     "make_sample",
+    "read_label_csv",
     "read_idx",
 ]

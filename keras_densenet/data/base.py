@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 #: The sources `keras_densenet.data.load_dataset` tries, in order.
-SOURCES = ("tfds", "idx", "folder", "sample")
+SOURCES = ("tfds", "idx", "folder", "sample", "labels")
 #: Per-process memo of training-split statistics of streamed sources, which
 #: take a full pass over the training data to compute.
 STATS_CACHE: dict[tuple[Any, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -25,7 +25,12 @@ class DatasetNotFoundError(ValueError):
 
 @dataclasses.dataclass
 class Source:
-    """Unbatched ``(uint8 image, int32 label)`` data of one split, and what it is."""
+    """Unbatched ``(uint8 image, label)`` data of one split, and what it is.
+
+    The label is an int32 class index, or a float32 multi-hot vector where
+    ``multi_label``; ``label_counts`` (examples per class, positives per
+    label) is filled where it is known without a pass over the data.
+    """
 
     kind: str
     dataset: Any  # unbatched tf.data.Dataset of (uint8 image, int label)
@@ -34,6 +39,8 @@ class Source:
     image_shape: tuple[int | None, int | None, int]
     stats: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]]
     in_memory: bool
+    multi_label: bool = False
+    label_counts: tuple[int, ...] | None = None
 
 
 def tf_module() -> Any:

@@ -57,6 +57,11 @@ class DatasetInfo:
         mean: Per-channel mean of the training split's pixels, 0..255 scale.
         std: Per-channel standard deviation of the same pixels.
         source: Which source provided the data: one of `SOURCES`.
+        multi_label: Whether an example has several labels: its label is then
+            a float32 multi-hot vector (a label file), else an int32 class.
+        label_counts: Examples per class in this split (multi-label:
+            positive examples per label), where known without a pass over
+            the data (arrays, label files), else None.
 
     Example:
         >>> _, info = load_dataset("fashion_mnist_sample", "test")
@@ -74,6 +79,8 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    multi_label: bool = False
+    label_counts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -268,7 +275,8 @@ def load_dataset(
     Args:
         name: A TFDS name (``"cifar10"``, ``"cifar100"``, ``"fashion_mnist"``,
             ``"mnist"``, ...), ``"fashion_mnist_sample"`` (embedded, offline),
-            or an image folder path. An image folder has one sub-folder per
+            an image folder path, or a label file (``.csv``, several labels
+            per image: see `keras_densenet.data.labels`). An image folder has one sub-folder per
             class, either directly (then it is the training split) or under
             ``train/``, ``test/`` and ``validation/`` (or ``val/``).
         split: ``"train"``, ``"test"`` or ``"validation"``.
@@ -312,7 +320,8 @@ def load_dataset(
 
     Returns:
         ``(dataset, info)``: a ``tf.data.Dataset`` of ``(images, labels)``
-        batches, images float32 NHWC and labels int32, and a `DatasetInfo`
+        batches, images float32 NHWC and labels int32 (float32 multi-hot
+        vectors for a label file), and a `DatasetInfo`
         whose ``mean``/``std`` are the statistics of the training split (the
         part left after carving) in the 0..255 scale, computed after channel
         conversion and before resizing (image folders: after resizing).
@@ -397,6 +406,8 @@ def load_dataset(
         mean=mean,
         std=std,
         source=source.kind,
+        multi_label=source.multi_label,
+        label_counts=source.label_counts,
     )
     return dataset, info
 

@@ -25,6 +25,7 @@ from keras_densenet.data.base import (
     tf_module,
 )
 from keras_densenet.data.folder import check_folder, folder_root, load_folder
+from keras_densenet.data.labels import check_labels_early, is_label_file, load_labels
 from keras_densenet.data.idx import (
     IDX_CLASS_NAMES,
     IDX_DIRS,
@@ -82,6 +83,7 @@ def _from_arrays(
         image_shape=tuple(int(d) for d in x.shape[1:]),
         stats=lambda: array_stats(train_images),
         in_memory=True,
+        label_counts=tuple(int(c) for c in np.bincount(y, minlength=len(class_names))),
     )
 
 
@@ -173,7 +175,8 @@ def check_folder_early(
 
     Only a name that no earlier source in `find_source`'s order could claim
     (a path that is not a TFDS name) is checked here; anything else is left
-    to the loader.
+    to the loader. A label file (``.csv``) is checked whole (see
+    `keras_densenet.data.labels.read_label_csv`).
 
     Args:
         name: Dataset name or image folder.
@@ -184,6 +187,9 @@ def check_folder_early(
     Raises:
         ValueError: If the folder cannot give those splits (see `check_folder`).
     """
+    if is_label_file(name):
+        check_labels_early(name, splits, validation_fraction)
+        return
     root = folder_root(name, data_dir)
     if name == SAMPLE_NAME or TFDS_NAME.match(name) or root is None:
         return
@@ -205,6 +211,9 @@ def find_source(
     bad_images: str = "error",
 ) -> Source:
     """The first source that has the data, trying `SOURCES` in order.
+
+    A name ending in ``.csv`` is a label file (several labels per image, see
+    `keras_densenet.data.labels`) and no other source is tried.
 
     Args:
         name: Dataset name or image folder.
@@ -228,7 +237,9 @@ def find_source(
     """
     tried: list[str] = []
     source: Source | None = None
-    if name == SAMPLE_NAME:
+    if is_label_file(name):
+        source = load_labels(name, split, image_size, validation_fraction, channels, bad_images)
+    elif name == SAMPLE_NAME:
         source = _load_sample(split, validation_fraction, channels, tried)
     else:
         tfds_args = (name, split, data_dir, validation_fraction, channels, shuffle, seed)

@@ -49,6 +49,10 @@ _OPT = (
 )
 _BN = "batch normalization"
 _FINE = "fine-tuning (start from pretrained weights; the head is new)"
+#: What ``class_weight`` may say.
+CLASS_WEIGHTS = ("balanced",)
+#: The dataset a run uses when none is given.
+DEFAULT_DATASET = "fashion_mnist_sample"
 #: What ``normalization`` may say.
 NORMALIZATIONS = ("auto", "dataset", "imagenet")
 
@@ -81,6 +85,13 @@ class TrainConfig:
             validation pass and for the final model (PreciseBN, see
             `keras_densenet.batchnorm`); 0 turns recalibration off.
         dataset: A `keras_densenet.data.load_dataset` name or image folder.
+        labels: A label file (several labels per image, see
+            `keras_densenet.data.labels`); it becomes ``dataset``, so give
+            one or the other.
+        class_weight: ``"balanced"`` weighs the loss of each class by its
+            rarity among the training examples (multi-label: each label's
+            positive examples by its negatives over its positives); None
+            weighs every example alike.
         data_dir: Where the data lives (TFDS dir, IDX dir or folder parent).
         download: Allow TFDS to download missing data.
         image_size: Optional ``(height, width)`` resize; the model input
@@ -208,11 +219,32 @@ class TrainConfig:
         ),
     )
     dataset: str = _option(
-        "fashion_mnist_sample",
+        DEFAULT_DATASET,
         Rule(
             "str",
             "fashion_mnist_sample (embedded), fashion_mnist, mnist, cifar10, cifar100, any TFDS "
             "image-classification name, or an image folder",
+            group=_DATA,
+        ),
+    )
+    labels: str | None = _option(
+        None,
+        Rule(
+            "path",
+            "a label file: CSV with columns image,labels[,split], several labels per image "
+            "separated by |, image paths relative to the file; replaces --dataset",
+            optional=True,
+            group=_DATA,
+        ),
+    )
+    class_weight: str | None = _option(
+        None,
+        Rule(
+            "choice",
+            "balanced: weigh each class by its rarity in training (multi-label: each label's "
+            "positives by its negatives over its positives)",
+            choices=CLASS_WEIGHTS,
+            optional=True,
             group=_DATA,
         ),
     )
@@ -410,6 +442,17 @@ class TrainConfig:
         for field in dataclasses.fields(self):
             rule: Rule = field.metadata["rule"]
             setattr(self, field.name, rule.check(field.name, getattr(self, field.name)))
+        if self.labels is not None:
+            if self.dataset not in (DEFAULT_DATASET, self.labels):
+                raise ValueError(
+                    f"`labels` ({self.labels!r}) gives the data: leave out `dataset` "
+                    f"({self.dataset!r})."
+                )
+            if not self.labels.lower().endswith(".csv"):
+                raise ValueError(
+                    f"`labels` must be a .csv label file (image,labels[,split]), got {self.labels!r}."
+                )
+            self.dataset = self.labels
         if self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"`warmup_epochs` must be at most `epochs`={self.epochs}, got {self.warmup_epochs}."
@@ -534,11 +577,15 @@ LEGACY_OPTIONS: Mapping[str, Any] = MappingProxyType(
         "freeze_epochs": 0,
         "backbone_lr_scale": 1.0,
         "normalization": "auto",
+        "labels": None,
+        "class_weight": None,
     }
 )
 
 __all__ = [
     "ARCHITECTURE_OPTIONS",
+    "CLASS_WEIGHTS",
+    "DEFAULT_DATASET",
     "DISTRIBUTE",
     "JIT_MODES",
     "LEGACY_OPTIONS",

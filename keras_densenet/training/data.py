@@ -12,6 +12,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 from keras_densenet.training.config import TrainConfig
 
 
@@ -29,6 +31,9 @@ class TrainingData:
             recomputing BN statistics (None when recalibration is off).
         validation_info: The validation split's `DatasetInfo`.
         test_info: The test split's `DatasetInfo`.
+        class_weights: ``config.class_weight="balanced"``'s weights: one per
+            class (single-label, for ``model.fit(class_weight=...)``) or one
+            per label's positives (multi-label, for the loss); None otherwise.
     """
 
     train: Any
@@ -39,6 +44,55 @@ class TrainingData:
     recalibration: Any = None
     validation_info: Any = None
     test_info: Any = None
+    class_weights: Any = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether an example has several labels (a label file)."""
+        return bool(self.info.multi_label)
+
+
+def count_labels(dataset: Any, info: Any) -> np.ndarray:
+    """Examples per class (multi-label: positives per label) of a split.
+
+    ``info.label_counts`` where the source knows them, else one pass over
+    the labels of ``dataset`` (unbatched or batched).
+    """
+    if info.label_counts is not None:
+        return np.asarray(info.label_counts, np.int64)
+    counts = np.zeros(info.num_classes, np.int64)
+    for _, labels in dataset.as_numpy_iterator():
+        labels = np.asarray(labels)
+        if info.multi_label:
+            counts += labels.reshape(-1, info.num_classes).sum(axis=0).astype(np.int64)
+        else:
+            counts += np.bincount(labels.reshape(-1), minlength=info.num_classes)
+    return counts
+
+
+def balanced_weights(counts: np.ndarray, info: Any) -> np.ndarray:
+    """``"balanced"`` class weights from the training split's counts.
+
+    Single-label: ``examples / (classes x examples of the class)``, as
+    scikit-learn's ``compute_class_weight("balanced")``; multi-label: each
+    label's negatives over its positives.
+
+    Raises:
+        ValueError: Naming the class, if one has no training example (or,
+            multi-label, no positive or no negative one).
+    """
+    counts = np.asarray(counts, np.float64)
+    total = float(info.num_examples)
+    for name, count in zip(info.class_names, counts, strict=True):
+        if count <= 0 or (info.multi_label and count >= total):
+            what = "positive" if count <= 0 else "negative"
+            raise ValueError(
+                f"`class_weight`='balanced': class {name!r} has no {what} training example in "
+                f"{info.name!r}, so it has no weight; drop the class or leave out class_weight."
+            )
+    if info.multi_label:
+        return (total - counts) / counts
+    return total / (len(counts) * counts)
 
 
 def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
@@ -96,12 +150,23 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
             shuffle=True,
             **data_args,
         )
+    class_weights = None
+    if config.class_weight == "balanced":
+        counting, _ = load_dataset(
+            config.dataset,
+            "train",
+            validation_fraction=fraction,
+            augment=False,
+            **{**data_args, "batch_size": 1024},
+        )
+        class_weights = balanced_weights(count_labels(counting, info), info)
     steps = config.steps_per_epoch or max(1, math.ceil(info.num_examples / global_batch))
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
     return TrainingData(
-        train_ds, val_ds, info, steps, global_batch, recalibration, val_info, test_info
+        train_ds, val_ds, info, steps, global_batch, recalibration, val_info, test_info,
+        class_weights,
     )
 
 
-__all__ = ["TrainingData", "load_training_data"]
+__all__ = ["TrainingData", "balanced_weights", "count_labels", "load_training_data"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_densenet import _io, rundir
 from keras_densenet.batchnorm import BatchNormRecalibrator, recalibrate_batchnorm
-from keras_densenet.evaluation import evaluate
+from keras_densenet.evaluation import evaluate, predict_split, primary_score
 from keras_densenet.training.callbacks import ThroughputMeter
 from keras_densenet.training.config import TrainConfig
 from keras_densenet.training.data import TrainingData
@@ -49,7 +49,7 @@ def recalibrate_best(
     Returns:
         What best.keras now has, ``"recalibrated"`` or ``"moving averages"``,
         and where validation turned the recalibrated statistics down, the test
-        accuracy they gave (None otherwise: the final test evaluation is theirs).
+        score (accuracy, or macro AUROC for multi-label data) they gave (None otherwise: the final test evaluation is theirs).
     """
     val_args = {
         **test_args,
@@ -58,11 +58,11 @@ def recalibrate_best(
     }
     held_out = bool(config.validation_fraction)
     if held_out:
-        ema = evaluate(best, config.dataset, **val_args)["accuracy"]
+        ema = primary_score(evaluate(best, config.dataset, **val_args))
         moving_averages = BatchNormRecalibrator(best).snapshot()
     recalibrate_batchnorm(best, data.recalibration, config.bn_recalibrate_steps)
-    if held_out and evaluate(best, config.dataset, **val_args)["accuracy"] < ema:
-        turned_down = evaluate(best, config.dataset, **test_args)["accuracy"]
+    if held_out and primary_score(evaluate(best, config.dataset, **val_args)) < ema:
+        turned_down = primary_score(evaluate(best, config.dataset, **test_args))
         BatchNormRecalibrator(best).restore(moving_averages)
         return "moving averages", turned_down
     # best.keras is what gets evaluated and exported; last.keras keeps the
@@ -113,14 +113,19 @@ def finish_run(
     best = rundir.load_model(best_path)
     before, after, statistics = None, None, "moving averages"
     if config.bn_recalibrate_steps:
-        before = evaluate(best, config.dataset, **test_args)["accuracy"]
+        before = primary_score(evaluate(best, config.dataset, **test_args))
         statistics, after = recalibrate_best(best, best_path, data, config, test_args)
+    thresholds = None
+    if data.multi_label:
+        thresholds = choose_thresholds(best, config, data, test_args)
+        _io.write_json(os.path.join(out, rundir.THRESHOLDS), thresholds)
+        test_args["thresholds"] = list(thresholds.values())
     evaluation = evaluate(best, config.dataset, out=out, **test_args)
     if statistics == "recalibrated":
-        after = evaluation["accuracy"]
+        after = primary_score(evaluation)
     summary = {
         **_describe_model(model, data, jit, replicas),
-        **_results(full_history, evaluation["accuracy"], (before, after), statistics, config),
+        **_results(full_history, evaluation, (before, after), statistics, config),
         "images_per_second": meter.images_per_second(),
         **_fine_tuning(config, meter),
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -129,6 +134,42 @@ def finish_run(
     }
     _io.write_json(os.path.join(out, rundir.SUMMARY), summary)
     return summary
+
+
+def choose_thresholds(
+    best: keras.Model, config: TrainConfig, data: TrainingData, test_args: dict[str, Any]
+) -> dict[str, float]:
+    """Per-label decision thresholds with the highest F1 on the validation split.
+
+    Without a held-out validation split the test split validates (as it
+    chooses the best epoch then); a label without a positive validation
+    example keeps `keras_densenet.scores.DEFAULT_THRESHOLD`.
+
+    Returns:
+        Label name -> threshold, in label order.
+    """
+    from keras_densenet.data import load_dataset
+    from keras_densenet.scores import f1_threshold
+
+    fraction = config.validation_fraction or None
+    batches, info = load_dataset(
+        config.dataset,
+        "validation" if fraction else "test",
+        batch_size=test_args["batch_size"],
+        data_dir=config.data_dir,
+        normalize=False,
+        augment=False,
+        shuffle=False,
+        image_size=tuple(config.image_size) if config.image_size else None,
+        channels=config.channels,
+        validation_fraction=fraction,
+        bad_images=config.bad_images,
+    )
+    targets, probabilities = predict_split(best, batches)
+    return {
+        name: f1_threshold(targets[:, i], probabilities[:, i])[0]
+        for i, name in enumerate(info.class_names)
+    }
 
 
 def _fine_tuning(config: TrainConfig, meter: ThroughputMeter) -> dict[str, Any]:
@@ -173,30 +214,41 @@ def _describe_model(
 
 def _results(
     history: dict[str, list[float]],
-    test_accuracy: float,
+    evaluation: dict[str, Any],
     around: tuple[float | None, float | None],
     statistics: str,
     config: TrainConfig,
 ) -> dict[str, Any]:
     """The summary's fields about how the run went.
 
-    ``around`` is the test accuracy with the moving averages and with the
-    recalibrated statistics (both None when recalibration is off); the one
-    ``statistics`` names is ``test_accuracy``.
+    ``around`` is the test score (accuracy, or macro AUROC for multi-label
+    data) with the moving averages and with the recalibrated statistics (both
+    None when recalibration is off); the one ``statistics`` names is the
+    final one.
     """
+    metric = "macro_auroc" if evaluation.get("multi_label") else "accuracy"
+    val_metric = "val_auroc" if evaluation.get("multi_label") else "val_accuracy"
+    scores = {
+        f"best_{val_metric}": max(history.get(val_metric, [float("nan")])),
+        f"test_{metric}": primary_score(evaluation),
+        f"test_{metric}_before_recalibration": around[0],
+        f"test_{metric}_after_recalibration": around[1],
+    }
+    if evaluation.get("multi_label"):
+        per_label = evaluation["per_label"]
+        scores["multi_label"] = True
+        scores["test_auroc"] = {name: s["auroc"] for name, s in per_label.items()}
+        scores["thresholds"] = {name: s["threshold"] for name, s in per_label.items()}
     return {
         "preset": config.preset,
         "dataset": config.dataset,
         "epochs": len(history["epoch"]),
         "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
-        "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
-        "test_accuracy": test_accuracy,
-        "test_accuracy_before_recalibration": around[0],
-        "test_accuracy_after_recalibration": around[1],
+        **scores,
         "bn_statistics": statistics,
         "bn_recalibrate_steps": config.bn_recalibrate_steps,
         "bn_momentum": config.bn_momentum,
     }
 
 
-__all__ = ["finish_run", "recalibrate_best"]
+__all__ = ["choose_thresholds", "finish_run", "recalibrate_best"]

@@ -26,8 +26,9 @@ from keras_densenet.architecture import TORCH_BN_EPSILON
 from keras_densenet.batchnorm import (
     BatchNormRecalibration,
 )
-from keras_densenet.losses import SparseSmoothedCrossentropy
+from keras_densenet.losses import SparseSmoothedCrossentropy, WeightedBinaryCrossentropy
 from keras_densenet.models import build_densenet
+from keras_densenet.scores import primary_metric
 from keras_densenet.training.callbacks import (
     AtomicBackupAndRestore,
     AtomicModelCheckpoint,
@@ -127,6 +128,7 @@ def build_training_model(
         bn_epsilon=bn_epsilon,
         input_shape=info.image_shape,
         num_classes=info.num_classes,
+        classifier_activation="sigmoid" if data.multi_label else "softmax",
         normalization=model_normalization(config, data),
     )
     if config.weights is not None and load_weights:
@@ -174,11 +176,7 @@ def compile_phase(
 
     freeze_backbone(model, frozen)
     start, end, _ = next(p for p in phases(config) if p[2] == frozen)
-    if config.label_smoothing:
-        loss = SparseSmoothedCrossentropy(config.label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-    metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    loss, metrics = _loss_and_metrics(config, data)
     steps = data.steps_per_epoch
     model.compile(
         optimizer=make_optimizer(
@@ -189,9 +187,30 @@ def compile_phase(
             backbone_lr_scale=1.0 if frozen else config.backbone_lr_scale,
         ),
         loss=loss,
-        metrics=[metric],
+        metrics=metrics,
         jit_compile=resolve_jit_compile(config.jit_compile, strategy, config.precision),
     )
+
+
+def _loss_and_metrics(config: TrainConfig, data: TrainingData) -> tuple[Any, list[Any]]:
+    """A phase's loss and metrics: softmax cross-entropy and accuracy, or per
+    label binary cross-entropy and the macro AUROC (multi-label)."""
+    if data.multi_label:
+        if data.class_weights is not None:
+            loss = WeightedBinaryCrossentropy(data.class_weights, config.label_smoothing)
+        else:
+            loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+        return loss, [
+            keras.metrics.AUC(
+                multi_label=True, num_labels=data.info.num_classes, name=primary_metric(True)
+            ),
+            keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        ]
+    if config.label_smoothing:
+        loss = SparseSmoothedCrossentropy(config.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    return loss, [keras.metrics.SparseCategoricalAccuracy(name=primary_metric(False))]
 
 
 def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -292,6 +311,7 @@ def _callbacks(
     """The run's callbacks; trims a resumed run's history and writes config.json."""
     out = config.out
     history_path = os.path.join(out, rundir.HISTORY)
+    monitor = f"val_{primary_metric(data.multi_label)}"
     rundir.trim_history(history_path, done)
     kept = rundir.read_history(history_path) if os.path.exists(history_path) else {}
     _io.write_json(os.path.join(out, rundir.CONFIG), config.to_dict())
@@ -303,13 +323,13 @@ def _callbacks(
         keras.callbacks.CSVLogger(history_path, append=True),
         AtomicModelCheckpoint(
             os.path.join(out, rundir.BEST),
-            monitor="val_accuracy",
+            monitor=monitor,
             mode="max",
             save_best_only=True,
             # A resumed run's best.keras must beat its earlier epochs too (a NaN
             # threshold would refuse every later epoch).
             initial_value_threshold=max(
-                (v for v in kept.get("val_accuracy", []) if not math.isnan(v)), default=None
+                (v for v in kept.get(monitor, []) if not math.isnan(v)), default=None
             ),
         ),
         AtomicModelCheckpoint(os.path.join(out, rundir.LAST)),
@@ -362,6 +382,13 @@ def is_out_of_memory(err: BaseException) -> bool:
     return any(phrase in message for phrase in _OUT_OF_MEMORY_MESSAGES)
 
 
+def _class_weight_map(data: TrainingData) -> dict[int, float] | None:
+    """``model.fit``'s ``class_weight`` (single-label; multi-label weighs in its loss)."""
+    if data.class_weights is None or data.multi_label:
+        return None
+    return {i: float(w) for i, w in enumerate(data.class_weights)}
+
+
 def _fit(
     model: keras.Model,
     config: TrainConfig,
@@ -380,6 +407,7 @@ def _fit(
             initial_epoch=start,
             epochs=config.epochs if end is None else end,
             steps_per_epoch=data.steps_per_epoch if config.steps_per_epoch else None,
+            class_weight=_class_weight_map(data),
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=config.verbose,
@@ -433,7 +461,7 @@ def describe_run(
     resumed = f" | resuming after epoch {done}" if done else ""
     return (
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
-        f"{info.num_classes} classes) | {model.name} ({trainable:,} trainable params) | "
+        f"{info.num_classes} {'labels' if info.multi_label else 'classes'}) | {model.name} ({trainable:,} trainable params) | "
         f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
         f"{model.dtype_policy.name}, XLA {'on' if jit else 'off'} | "
         f"{config.out}{resumed}"
