@@ -180,10 +180,14 @@ def evaluate(
     if out is not None:
         _io.write_json(os.path.join(out, rundir.EVALUATION), result)
         if info.multi_label:
-            plot_roc_curves(targets, probabilities, info.class_names, os.path.join(out, rundir.ROC), title)
+            plot_roc_curves(
+                targets, probabilities, info.class_names, os.path.join(out, rundir.ROC), title
+            )
         else:
             matrix = np.asarray(result["confusion_matrix"])
-            plot_confusion_matrix(matrix, info.class_names, os.path.join(out, rundir.CONFUSION), title)
+            plot_confusion_matrix(
+                matrix, info.class_names, os.path.join(out, rundir.CONFUSION), title
+            )
     return result
 
 
@@ -248,7 +252,9 @@ def predict_split(model: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(labels), np.concatenate(outputs)
 
 
-def _single_label_result(y_true: np.ndarray, probabilities: np.ndarray, info: Any) -> dict[str, Any]:
+def _single_label_result(
+    y_true: np.ndarray, probabilities: np.ndarray, info: Any
+) -> dict[str, Any]:
     y_pred = np.argmax(probabilities, axis=-1)
     matrix = confusion_matrix(y_true, y_pred, info.num_classes)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)

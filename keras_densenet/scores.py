@@ -144,7 +144,9 @@ def label_scores(
     targets = np.asarray(targets, np.float64)
     probabilities = np.asarray(probabilities, np.float64)
     labels = targets.shape[1]
-    thresholds = np.full(labels, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+    thresholds = (
+        np.full(labels, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+    )
     predicted = probabilities >= thresholds
     hits = (predicted & (targets == 1)).sum(axis=0).astype(np.float64)
     called, support = predicted.sum(axis=0), targets.sum(axis=0)
@@ -161,4 +163,12 @@ def label_scores(
     }
 
 
-__all__ = ["DEFAULT_THRESHOLD", "PRIMARY", "primary_metric", "f1_threshold", "label_scores", "roc_auc", "roc_curve"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "PRIMARY",
+    "f1_threshold",
+    "label_scores",
+    "primary_metric",
+    "roc_auc",
+    "roc_curve",
+]

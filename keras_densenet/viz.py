@@ -186,7 +186,9 @@ def plot_roc_curves(
             f"{targets.shape} and {probabilities.shape}."
         )
     if len(label_names) != targets.shape[1]:
-        raise ValueError(f"`label_names` has {len(label_names)} names for {targets.shape[1]} labels.")
+        raise ValueError(
+            f"`label_names` has {len(label_names)} names for {targets.shape[1]} labels."
+        )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     areas = []

@@ -68,6 +68,6 @@ __all__ = [
     "DatasetNotFoundError",
     "load_dataset",
     "make_sample",
-    "read_label_csv",
     "read_idx",
+    "read_label_csv",
 ]

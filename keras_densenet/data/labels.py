@@ -99,14 +99,15 @@ class LabelTable:
             raise ValueError(f"Label file {self.path!r} has no {split} images: {how}.")
         return rows
 
-
     def check_training(self, validation_fraction: float | None) -> None:
         """Refuses a label without a positive example among the training rows.
 
         Raises:
             ValueError: Naming the label and the first row that has it.
         """
-        trained = {label for r in self.split_rows("train", validation_fraction) for label in r.labels}
+        trained = {
+            label for r in self.split_rows("train", validation_fraction) for label in r.labels
+        }
         for name in self.label_names:
             if name not in trained:
                 first = next(r for r in self.rows if name in r.labels)
@@ -138,14 +139,18 @@ def is_label_file(name: str | os.PathLike) -> bool:
 
 def _read_lines(path: str) -> list[list[str]]:
     if not os.path.isfile(path):
-        raise ValueError(f"Label file not found: {path!r} (a CSV with columns image,labels[,split]).")
+        raise ValueError(
+            f"Label file not found: {path!r} (a CSV with columns image,labels[,split])."
+        )
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as err:
         raise ValueError(f"Cannot read label file {path!r}: {err.strerror or err}.") from err
     if raw.startswith(b"\xef\xbb\xbf"):
-        warnings.warn(f"Label file {path!r} starts with a UTF-8 byte-order mark: ignored.", stacklevel=4)
+        warnings.warn(
+            f"Label file {path!r} starts with a UTF-8 byte-order mark: ignored.", stacklevel=4
+        )
         raw = raw[3:]
     try:
         text = raw.decode("utf-8")
@@ -202,8 +207,6 @@ def _row(path: str, folder: str, header: list[str], fields: list[str], line: int
         if split not in LABEL_SPLITS:
             raise ValueError(f"{where}: split {split!r} must be one of {LABEL_SPLITS}.")
     return LabelRow(full, tuple(sorted(set(labels))), split, line)
-
-
 
 
 def read_label_csv(path: str | os.PathLike) -> LabelTable:
@@ -311,9 +314,7 @@ def load_labels(
     table = read_label_csv(path)
     table.check_training(validation_fraction)
     rows = _checked_rows(table, table.split_rows(split, validation_fraction), bad_images)
-    train_rows = (
-        rows if split == "train" else table.split_rows("train", validation_fraction)
-    )
+    train_rows = rows if split == "train" else table.split_rows("train", validation_fraction)
     first = inspect_file(train_rows[0].image)
     depth = channels or (1 if first.channels in (1, 2) else 3)
     sizes = {(info.height, info.width) for info in map(inspect_file, (r.image for r in rows))}
@@ -338,7 +339,14 @@ def load_labels(
     dataset, targets = decoded(rows)
 
     def stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
-        key = ("labels", table.path, os.path.getmtime(table.path), validation_fraction, depth, image_size)
+        key = (
+            "labels",
+            table.path,
+            os.path.getmtime(table.path),
+            validation_fraction,
+            depth,
+            image_size,
+        )
         if key not in STATS_CACHE:
             STATS_CACHE[key] = dataset_stats(decoded(train_rows)[0])
         return STATS_CACHE[key]
@@ -356,7 +364,9 @@ def load_labels(
     )
 
 
-def check_labels_early(path: str, splits: tuple[str, ...], validation_fraction: float | None) -> None:
+def check_labels_early(
+    path: str, splits: tuple[str, ...], validation_fraction: float | None
+) -> None:
     """`load_labels`' checks of the file and its splits, without TensorFlow.
 
     Args:

@@ -25,7 +25,6 @@ from keras_densenet.data.base import (
     tf_module,
 )
 from keras_densenet.data.folder import check_folder, folder_root, load_folder
-from keras_densenet.data.labels import check_labels_early, is_label_file, load_labels
 from keras_densenet.data.idx import (
     IDX_CLASS_NAMES,
     IDX_DIRS,
@@ -36,6 +35,7 @@ from keras_densenet.data.idx import (
     idx_dirs,
     read_idx_split,
 )
+from keras_densenet.data.labels import check_labels_early, is_label_file, load_labels
 from keras_densenet.data.tfds import TFDS_NAME, load_tfds
 
 

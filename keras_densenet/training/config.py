@@ -450,7 +450,8 @@ class TrainConfig:
                 )
             if not self.labels.lower().endswith(".csv"):
                 raise ValueError(
-                    f"`labels` must be a .csv label file (image,labels[,split]), got {self.labels!r}."
+                    "`labels` must be a .csv label file (image,labels[,split]), got "
+                    f"{self.labels!r}."
                 )
             self.dataset = self.labels
         if self.warmup_epochs > self.epochs:

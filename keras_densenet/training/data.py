@@ -164,7 +164,14 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
     return TrainingData(
-        train_ds, val_ds, info, steps, global_batch, recalibration, val_info, test_info,
+        train_ds,
+        val_ds,
+        info,
+        steps,
+        global_batch,
+        recalibration,
+        val_info,
+        test_info,
         class_weights,
     )
 

@@ -49,7 +49,8 @@ def recalibrate_best(
     Returns:
         What best.keras now has, ``"recalibrated"`` or ``"moving averages"``,
         and where validation turned the recalibrated statistics down, the test
-        score (accuracy, or macro AUROC for multi-label data) they gave (None otherwise: the final test evaluation is theirs).
+        score (accuracy, or macro AUROC for multi-label data) they gave (None
+        otherwise: the final test evaluation is theirs).
     """
     val_args = {
         **test_args,

@@ -461,7 +461,8 @@ def describe_run(
     resumed = f" | resuming after epoch {done}" if done else ""
     return (
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
-        f"{info.num_classes} {'labels' if info.multi_label else 'classes'}) | {model.name} ({trainable:,} trainable params) | "
+        f"{info.num_classes} {'labels' if info.multi_label else 'classes'}) | "
+        f"{model.name} ({trainable:,} trainable params) | "
         f"{config.epochs} epochs of {data.steps_per_epoch} steps, batch {data.global_batch} | "
         f"{model.dtype_policy.name}, XLA {'on' if jit else 'off'} | "
         f"{config.out}{resumed}"
