@@ -355,6 +355,8 @@ def _predict(args: argparse.Namespace) -> int:
         read_image_file(path, args.max_image_pixels)
     explain_paths = _explain_paths(args)
     _import_keras()
+    import numpy as np
+
     from keras_densenet import export
 
     images: Any = list(args.images)
@@ -364,15 +366,24 @@ def _predict(args: argparse.Namespace) -> int:
         images, names = _sample_images(args.sample)
         truths = list(names)
         labels = [f"sample test image {i}" for i in range(len(truths))]
-    results = export.predict(
+    names, probabilities, thresholds = export.predict_scores(
         args.model,
         images,
-        top_k=args.top_k,
         max_image_pixels=args.max_image_pixels,
         allow_unsafe=args.allow_unsafe,
     )
+    if thresholds is not None:  # multi-label: every label at or above its threshold
+        results = export.labels_above(names, probabilities, thresholds)
+    else:
+        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, : args.top_k]
+        results = [
+            [(names[c], float(p[c])) for c in row]
+            for p, row in zip(probabilities, order, strict=True)
+        ]
     for label, truth, top in zip(labels, truths, results, strict=True):
         guesses = ", ".join(f"{name} {prob:.3f}" for name, prob in top)
+        if thresholds is not None:
+            guesses = f"labels [{guesses or 'none above their thresholds'}]"
         suffix = f" (true: {truth})" if truth is not None else ""
         print(f"{label}{suffix}: {guesses}")
     if explain_paths:

@@ -75,6 +75,42 @@ def resolve_model(model: Any, allow_unsafe: bool = False) -> tuple[keras.Model, 
     )
 
 
+def model_thresholds(model: keras.Model, source: Any = None) -> list[float] | None:
+    """A multi-label model's decision thresholds, one per label; None if single-label.
+
+    Args:
+        model: The model.
+        source: The path it came from: a run directory (or a ``.keras`` file
+            in one) gives the run's ``thresholds.json``.
+
+    Returns:
+        The run's thresholds, else `keras_densenet.scores.DEFAULT_THRESHOLD`
+        for every label; None for a single-label (softmax) model.
+
+    Raises:
+        ValueError: If the run's thresholds do not fit the model's labels.
+    """
+    from keras_densenet.evaluation import run_thresholds
+    from keras_densenet.heads import is_multi_label
+    from keras_densenet.scores import DEFAULT_THRESHOLD
+
+    if not is_multi_label(model):
+        return None
+    labels = int(model.output_shape[-1])
+    thresholds = None
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        thresholds = run_thresholds(path if os.path.isdir(path) else os.path.dirname(path))
+    if thresholds is None:
+        return [DEFAULT_THRESHOLD] * labels
+    if len(thresholds) != labels:
+        raise ValueError(
+            f"The run's {rundir.THRESHOLDS} has {len(thresholds)} thresholds for a model of "
+            f"{labels} labels."
+        )
+    return thresholds
+
+
 def model_spec(model: keras.Model) -> tuple[int, int, int, int]:
     """``(height, width, channels, num_classes)`` of an image classifier.
 

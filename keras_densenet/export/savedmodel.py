@@ -12,14 +12,18 @@ watches, and loads with TensorFlow alone (``tf.saved_model.load``, TF Serving,
   pixels is refused before it is decoded.
 - Both return ``probabilities`` float32 ``[N, num_classes]`` and ``classes``
   int64 ``[N]`` (the top-1 class index), float32 even for mixed-precision
-  models.
+  models. A multi-label model returns ``probabilities`` (one sigmoid score
+  per label) and ``predicted`` int64 ``[N, num_labels]`` instead of
+  ``classes``: 1 where a label's score reaches its decision threshold.
 - ``metadata``: no inputs; returns ``class_names`` string ``[num_classes]``,
   ``input_shape`` int64 ``[3]``, ``serving_dtype`` string and
-  ``max_image_pixels`` int64.
+  ``max_image_pixels`` int64; a multi-label model's also ``thresholds``
+  float32 ``[num_labels]``.
 
 The class names are also in ``<version>/assets.extra/class_names.txt``, one a
-line, and what was exported in ``<version>/assets.extra/export.json``, for
-tools that do not run TensorFlow.
+line, a multi-label model's thresholds in ``assets.extra/thresholds.json``
+(label name -> threshold), and what was exported in
+``<version>/assets.extra/export.json``, for tools that do not run TensorFlow.
 """
 
 from __future__ import annotations
@@ -66,15 +70,24 @@ IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
 PROBABILITIES = "probabilities"
 CLASSES = "classes"
+PREDICTED = "predicted"
 CLASS_NAMES_FILE = "class_names.txt"
+THRESHOLDS_FILE = "thresholds.json"
 EXPORT_INFO_FILE = "export.json"
 REQUEST_FORMATS = ("instances", "inputs")
 
 
-def _serving_outputs(model: keras.Model, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+def _serving_outputs(
+    model: keras.Model, pixels: tf.Tensor, thresholds: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
     # The classifier computes in float32 already; the cast guarantees the
     # documented output dtype for any model.
     probabilities = tf.cast(model(pixels, training=False), tf.float32)
+    if thresholds is not None:
+        return {
+            PROBABILITIES: probabilities,
+            PREDICTED: tf.cast(probabilities >= thresholds, tf.int64),
+        }
     return {
         PROBABILITIES: probabilities,
         CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
@@ -85,6 +98,7 @@ def build_archive(
     model: keras.Model,
     class_names: list[str],
     max_image_pixels: int = image_files.MAX_PIXELS,
+    thresholds: Sequence[float] | None = None,
 ) -> keras.export.ExportArchive:
     """The ``ExportArchive`` with the three signatures (see the module docstring).
 
@@ -92,6 +106,8 @@ def build_archive(
         model: An image classifier (see `keras_densenet.export.model.model_spec`).
         class_names: One name per class.
         max_image_pixels: Largest ``height x width`` a request may send.
+        thresholds: A multi-label model's decision thresholds, one per
+            label; None for a single-label model.
 
     Returns:
         The archive, ready for ``write_out``.
@@ -104,11 +120,12 @@ def build_archive(
     # `loaded.class_names`, and the metadata signature serves it.
     archive.add_variable_collection("class_names", [names])
     serving_dtype = dtype_of(model)
+    cuts = None if thresholds is None else tf.constant(list(thresholds), tf.float32)
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.control_dependencies(batch_checks(images, channels, max_image_pixels)):
             pixels = resize(images, height, width)
-        return _serving_outputs(model, pixels)
+        return _serving_outputs(model, pixels, cuts)
 
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         shape = tf.concat([tf.shape(image_bytes), tf.zeros([2], tf.int32)], axis=0)
@@ -124,15 +141,18 @@ def build_archive(
             image_bytes,
             fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
         )
-        return _serving_outputs(model, pixels)
+        return _serving_outputs(model, pixels, cuts)
 
     def metadata() -> dict[str, tf.Tensor]:
-        return {
+        fields = {
             "class_names": tf.identity(names),
             "input_shape": tf.constant([height, width, channels], tf.int64),
             "serving_dtype": tf.constant(serving_dtype),
             "max_image_pixels": tf.constant(max_image_pixels, tf.int64),
         }
+        if cuts is not None:
+            fields["thresholds"] = tf.identity(cuts)
+        return fields
 
     archive.add_endpoint(
         SERVING_DEFAULT,
@@ -172,6 +192,7 @@ def export_savedmodel(
     serving_dtype: str | None = None,
     fold_batchnorm: bool = True,
     max_image_pixels: int = image_files.MAX_PIXELS,
+    thresholds: Sequence[float] | None = None,
     allow_unsafe: bool = False,
 ) -> str:
     """Exports an image classifier as a TF Serving SavedModel version.
@@ -212,6 +233,9 @@ def export_savedmodel(
             before them (default True); False exports the graph as trained.
         max_image_pixels: Largest ``height x width`` a request may send; an
             encoded image announcing more is refused before decoding.
+        thresholds: A multi-label (sigmoid) model's decision thresholds, one
+            per label in [0, 1]. Default: the run's ``thresholds.json`` when
+            ``model`` is a path, else 0.5. Refused for a single-label model.
         allow_unsafe: Load a model file that carries code (a ``Lambda`` layer).
 
     Returns:
@@ -239,6 +263,7 @@ def export_savedmodel(
     source, stored_names = resolve_model(model, allow_unsafe=allow_unsafe)
     spec = model_spec(source)
     names = check_class_names(class_names if class_names is not None else stored_names, spec[3])
+    thresholds = _checked_thresholds(source, model, thresholds)
     served = with_serving_dtype(source, serving_dtype)
     if fold_batchnorm:
         served = folding.fold_batchnorm(served)
@@ -253,6 +278,7 @@ def export_savedmodel(
         "batchnorm_folded": folding.batchnorm_count(source) - folding.batchnorm_count(served),
         "input_shape": list(spec[:3]),
         "num_classes": spec[3],
+        "multi_label": thresholds is not None,
         "max_image_pixels": max_image_pixels,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -261,9 +287,12 @@ def export_savedmodel(
     tmp = os.path.join(model_dir, scratch_name(TEMP_PREFIX, version) + uuid.uuid4().hex[:8])
     os.mkdir(tmp)
     try:
-        build_archive(served, names, max_image_pixels).write_out(tmp, verbose=False)
+        build_archive(served, names, max_image_pixels, thresholds).write_out(tmp, verbose=False)
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
+        if thresholds is not None:
+            with open(os.path.join(extra, THRESHOLDS_FILE), "w", encoding="utf-8") as f:
+                json.dump(dict(zip(names, thresholds, strict=True)), f, indent=2)
         with open(os.path.join(extra, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
             f.write("".join(f"{n}\n" for n in names))
         with open(os.path.join(extra, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
@@ -273,6 +302,27 @@ def export_savedmodel(
     except BaseException:
         remove(tmp)
         raise
+
+
+def _checked_thresholds(source: keras.Model, model: Any, given: Any) -> list[float] | None:
+    """The thresholds to export: given, else the run's, else 0.5; None if single-label."""
+    import numpy as np
+
+    from keras_densenet.export.model import model_thresholds
+
+    stored = model_thresholds(source, model)
+    if given is None:
+        return stored
+    if stored is None:
+        raise ValueError(
+            "`thresholds` apply to a multi-label (sigmoid) model; this one is softmax."
+        )
+    values = np.asarray(given, dtype=np.float64).reshape(-1)
+    if len(values) != len(stored) or not np.all((values >= 0) & (values <= 1)):
+        raise ValueError(
+            f"`thresholds` must be {len(stored)} numbers in [0, 1] (one per label), got {given!r}."
+        )
+    return [float(v) for v in values]
 
 
 def _check_target(model_dir: str, requested: int | None, overwrite: bool) -> None:
