@@ -197,12 +197,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.dataset,
         **_options(args, (*names, "validation_fraction", "allow_unsafe")),
     )
-    print(f"accuracy {result['accuracy']:.4f} on {result['num_examples']} {args.split} images")
-    print(f"  {'class':<20} {'recall':>9} {'precision':>9} {'F1':>9} {'images':>7}")
-    for name, scores in result["per_class"].items():
+    multi = result.get("multi_label", False)
+    head = (
+        f"macro AUROC {result['macro_auroc']:.4f}"
+        if multi
+        else f"accuracy {result['accuracy']:.4f}"
+    )
+    print(f"{head} on {result['num_examples']} {args.split} images")
+    extra = f" {'AUROC':>9} {'threshold':>9}" if multi else ""
+    print(
+        f"  {'label' if multi else 'class':<20} {'recall':>9} {'precision':>9} {'F1':>9}"
+        f" {'images':>7}{extra}"
+    )
+    for name, scores in result["per_label" if multi else "per_class"].items():
+        extra = f" {scores['auroc']:>9.4f} {scores['threshold']:>9.4f}" if multi else ""
         print(
             f"  {name:<20} {scores['recall']:>9.4f} {scores['precision']:>9.4f} "
-            f"{scores['f1']:>9.4f} {scores['support']:>7}"
+            f"{scores['f1']:>9.4f} {scores['support']:>7}{extra}"
         )
     print(f"  macro F1 {result['macro_f1']:.4f}")
     return 0
@@ -565,7 +576,8 @@ def _report_search(summary: dict[str, Any]) -> None:
     arch = best["architecture"]
     layout = f"L={arch['depth']}" if arch["depth"] else f"blocks {arch['blocks']}"
     print(
-        f"best val accuracy {best['val_accuracy']:.4f} (trial {best['trial_id']}: {layout}, "
+        f"best {best['objective'].replace('_', ' ')} {best['score']:.4f} "
+        f"(trial {best['trial_id']}: {layout}, "
         f"k={arch['growth_rate']}, theta={arch['compression']:.2f}, "
         f"{best['trainable_params']:,} params) | {counts} | {summary['wall_time_s']:.0f} s | "
         f"train it: {PROG} train --config {summary['best_config']}"

@@ -52,6 +52,13 @@ class TrainingData:
         return bool(self.info.multi_label)
 
 
+def class_weight_map(data: TrainingData) -> dict[int, float] | None:
+    """``model.fit``'s ``class_weight`` (single-label; multi-label weighs in its loss)."""
+    if data.class_weights is None or data.multi_label:
+        return None
+    return {i: float(w) for i, w in enumerate(data.class_weights)}
+
+
 def count_labels(dataset: Any, info: Any) -> np.ndarray:
     """Examples per class (multi-label: positives per label) of a split.
 
@@ -176,4 +183,10 @@ def load_training_data(config: TrainConfig, replicas: int = 1) -> TrainingData:
     )
 
 
-__all__ = ["TrainingData", "balanced_weights", "count_labels", "load_training_data"]
+__all__ = [
+    "TrainingData",
+    "balanced_weights",
+    "class_weight_map",
+    "count_labels",
+    "load_training_data",
+]

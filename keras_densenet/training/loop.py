@@ -35,7 +35,7 @@ from keras_densenet.training.callbacks import (
     ThroughputMeter,
 )
 from keras_densenet.training.config import TrainConfig
-from keras_densenet.training.data import TrainingData, load_training_data
+from keras_densenet.training.data import TrainingData, class_weight_map, load_training_data
 from keras_densenet.training.finish import finish_run
 from keras_densenet.training.recipe import (
     data_parallel,
@@ -382,13 +382,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     return any(phrase in message for phrase in _OUT_OF_MEMORY_MESSAGES)
 
 
-def _class_weight_map(data: TrainingData) -> dict[int, float] | None:
-    """``model.fit``'s ``class_weight`` (single-label; multi-label weighs in its loss)."""
-    if data.class_weights is None or data.multi_label:
-        return None
-    return {i: float(w) for i, w in enumerate(data.class_weights)}
-
-
 def _fit(
     model: keras.Model,
     config: TrainConfig,
@@ -407,7 +400,7 @@ def _fit(
             initial_epoch=start,
             epochs=config.epochs if end is None else end,
             steps_per_epoch=data.steps_per_epoch if config.steps_per_epoch else None,
-            class_weight=_class_weight_map(data),
+            class_weight=class_weight_map(data),
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=config.verbose,

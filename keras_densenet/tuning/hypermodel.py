@@ -31,7 +31,13 @@ from keras_densenet.training import (
     dtype_policy,
     load_training_data,
 )
-from keras_densenet.tuning.space import ARCH_FIELDS, SearchSpace
+from keras_densenet.training.data import class_weight_map
+from keras_densenet.tuning.space import (
+    ARCH_FIELDS,
+    MULTI_LABEL_OBJECTIVE,
+    OBJECTIVE,
+    SearchSpace,
+)
 
 
 class PrunedTrialError(keras_tuner.errors.FailedTrialError):
@@ -267,10 +273,18 @@ class DenseNetHyperModel(keras_tuner.HyperModel):
             epochs=kwargs.get("epochs", self.base.epochs),
             initial_epoch=kwargs.get("initial_epoch", 0),
             steps_per_epoch=data.steps_per_epoch if self.base.steps_per_epoch else None,
+            class_weight=class_weight_map(data),
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=kwargs.get("verbose", self.base.verbose),
         )
+
+    @property
+    def objective(self) -> str:
+        """What trials are scored by: ``val_accuracy``, or ``val_auroc`` on a label file."""
+        from keras_densenet.data.labels import is_label_file
+
+        return MULTI_LABEL_OBJECTIVE if is_label_file(self.base.dataset) else OBJECTIVE
 
     def describe(self) -> dict[str, Any]:
         """The search space as JSON-ready data (ranges, choices and fixed values)."""

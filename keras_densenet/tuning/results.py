@@ -21,7 +21,8 @@ _CSV_COLUMNS = (
     "rank",
     "trial_id",
     "status",
-    "val_accuracy",
+    "objective",
+    "score",
     "trainable_params",
     "epochs",
     "time_s",
@@ -51,7 +52,8 @@ def _last_line(message: str | None) -> str:
 def collect_results(tuner: keras_tuner.Tuner, hypermodel: DenseNetHyperModel) -> list[dict]:
     """One row per trial of a (chief's or standalone) tuner, best first.
 
-    Completed trials come first, by validation accuracy (then fewer
+    Completed trials come first, by their score (validation accuracy, or
+    the macro AUROC for multi-label data; then fewer
     parameters); failed, pruned and unfinished ones follow by trial id.
 
     Args:
@@ -60,7 +62,9 @@ def collect_results(tuner: keras_tuner.Tuner, hypermodel: DenseNetHyperModel) ->
 
     Returns:
         Rows with ``rank``, ``trial_id``, ``status`` (``COMPLETED``,
-        ``PRUNED``, ``FAILED``, ``RUNNING``, ...), ``val_accuracy``,
+        ``PRUNED``, ``FAILED``, ``RUNNING``, ...), ``objective`` (the
+        metric: ``val_accuracy``, or ``val_auroc`` for multi-label data),
+        ``score`` and the same value under the objective's name,
         ``trainable_params``, ``epochs``, ``time_s``, ``tuner_id``,
         ``note``, ``architecture`` and ``hyperparameters``.
     """
@@ -81,7 +85,9 @@ def collect_results(tuner: keras_tuner.Tuner, hypermodel: DenseNetHyperModel) ->
                 "rank": None,
                 "trial_id": trial.trial_id,
                 "status": status,
-                "val_accuracy": float(trial.score) if completed else None,
+                "objective": hypermodel.objective,
+                "score": float(trial.score) if completed else None,
+                hypermodel.objective: float(trial.score) if completed else None,
                 "trainable_params": hypermodel.trainable_params(config),
                 "epochs": epochs,
                 "time_s": info.get("time_s"),
@@ -97,7 +103,7 @@ def collect_results(tuner: keras_tuner.Tuner, hypermodel: DenseNetHyperModel) ->
         )
     done = sorted(
         (r for r in rows if r["status"] == "COMPLETED"),
-        key=lambda r: (-r["val_accuracy"], r["trainable_params"], r["trial_id"]),
+        key=lambda r: (-r["score"], r["trainable_params"], r["trial_id"]),
     )
     for rank, row in enumerate(done, 1):
         row["rank"] = rank
@@ -136,7 +142,7 @@ def _plot_completed(fig: Any, ax: Any, plt: Any, done: Sequence[Mapping[str, Any
     growth = [r["architecture"]["growth_rate"] for r in done]
     points = ax.scatter(
         [r["trainable_params"] for r in done],
-        [r["val_accuracy"] for r in done],
+        [r["score"] for r in done],
         c=growth,
         cmap="viridis",
         vmin=min(growth) - (min(growth) == max(growth)) * 2,  # one k: a readable bar
@@ -153,7 +159,7 @@ def _plot_completed(fig: Any, ax: Any, plt: Any, done: Sequence[Mapping[str, Any
         for r in done:
             ax.annotate(
                 r["trial_id"],
-                (r["trainable_params"], r["val_accuracy"]),
+                (r["trainable_params"], r["score"]),
                 xytext=(4, 4),
                 textcoords="offset points",
                 fontsize=7,
@@ -161,13 +167,13 @@ def _plot_completed(fig: Any, ax: Any, plt: Any, done: Sequence[Mapping[str, Any
     best = done[0]
     ax.scatter(
         [best["trainable_params"]],
-        [best["val_accuracy"]],
+        [best["score"]],
         marker="*",
         s=320,
         c="red",
         edgecolors="black",
         zorder=3,
-        label=f"best: trial {best['trial_id']} ({best['val_accuracy']:.4f})",
+        label=f"best: trial {best['trial_id']} ({best['score']:.4f})",
     )
 
 
@@ -224,7 +230,7 @@ def plot_results(
     if failed:
         ax.plot([], [], " ", label=f"failed or unfinished: {failed}")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("best validation accuracy")
+    ax.set_ylabel(f"best {done[0]['objective'] if done else 'val_accuracy'}")
     ax.grid(alpha=0.3, which="both")
     ax.margins(y=0.12)
     ax.legend(loc="best", fontsize=8, framealpha=0.8)

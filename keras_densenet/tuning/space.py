@@ -24,8 +24,10 @@ from keras_densenet.training.config import ARCHITECTURE_OPTIONS
 
 #: The tuners `keras_densenet.tuning.tune` can run.
 TUNERS = ("hyperband", "bayesian", "random")
-#: The tuner's objective: the best validation accuracy of a trial's epochs.
+#: The tuner's objective: the best validation accuracy of a trial's epochs
+#: (multi-label data: the validation macro AUROC, `MULTI_LABEL_OBJECTIVE`).
 OBJECTIVE = "val_accuracy"
+MULTI_LABEL_OBJECTIVE = "val_auroc"
 
 #: The default search space: name -> range (or choices), step, sampling and
 #: the default value (the defaults give DenseNet-BC with L=40, k=12).
@@ -337,6 +339,7 @@ def search_role() -> str:
 __all__ = [
     "ARCH_FIELDS",
     "FIXED_ONLY",
+    "MULTI_LABEL_OBJECTIVE",
     "OBJECTIVE",
     "QUICK",
     "SEARCH_SPACE",

@@ -17,7 +17,7 @@ import keras_tuner
 
 from keras_densenet._io import write_json
 from keras_densenet.tuning.hypermodel import DenseNetHyperModel, PrunedTrialError
-from keras_densenet.tuning.space import OBJECTIVE, TUNERS
+from keras_densenet.tuning.space import TUNERS
 
 #: KerasTuner's project folder inside the tuning directory.
 PROJECT_NAME = "search"
@@ -191,7 +191,7 @@ def make_tuner(
     """
     check_search_args(tuner, max_trials, max_epochs, factor, max_consecutive_failed_trials)
     common = {
-        "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
+        "objective": keras_tuner.Objective(hypermodel.objective, direction="max"),
         "seed": seed,
         "max_consecutive_failed_trials": max_consecutive_failed_trials,
     }
