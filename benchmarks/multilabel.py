@@ -59,7 +59,7 @@ def _mosaics(work: Path, name: str, train: int, test: int, rare: bool) -> Path:
 def _train(labels: Path, out: Path, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [
         *PROG, "train", "--labels", str(labels), "--out", str(out),
-        "--preset", args.preset, "--epochs", str(args.epochs),
+        "--depth", str(args.depth), "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--seed", "0", *extra,
     ]  # fmt: skip
     started = time.perf_counter()
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/bench/multilabel")
     parser.add_argument("--train", type=int, default=12000, help="training mosaics")
     parser.add_argument("--test", type=int, default=2000, help="test mosaics")
-    parser.add_argument("--preset", default="densenet_bc_40_12")
+    parser.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth (k=12)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rare", action="store_true", help="also the rare-class pair")
