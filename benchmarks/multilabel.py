@@ -59,7 +59,7 @@ def _mosaics(work: Path, name: str, train: int, test: int, rare: bool) -> Path:
 def _train(labels: Path, out: Path, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [
         *PROG, "train", "--labels", str(labels), "--out", str(out),
-        "--depth", str(args.depth), "--epochs", str(args.epochs),
+        *args.arch.split(), "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--seed", "0", *extra,
     ]  # fmt: skip
     started = time.perf_counter()
@@ -121,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/bench/multilabel")
     parser.add_argument("--train", type=int, default=12000, help="training mosaics")
     parser.add_argument("--test", type=int, default=2000, help="test mosaics")
-    parser.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth (k=12)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--arch",
+        default="--blocks 6,12,12 --growth-rate 16",
+        help="architecture flags of `train` (default: three blocks on the ImageNet stem)",
+    )
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rare", action="store_true", help="also the rare-class pair")
-    parser.add_argument("--rare-epochs", type=int, default=4)
+    parser.add_argument("--rare-epochs", type=int, default=8)
     parser.add_argument("--pointing", type=int, default=1000, help="test mosaics for pointing")
     args = parser.parse_args(argv)
     work = Path(args.work)

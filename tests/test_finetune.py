@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -339,6 +340,28 @@ def test_a_full_disk_during_training_is_one_line_and_resumable(tmp_path):
         assert last.startswith("keras-densenet train: No space left on device"), last
         # What was written is whole: the config reads back.
         assert rundir.read_config(small / "run")["depth"] == 10
+
+
+@pytest.mark.reliability("crash")
+def test_resume_on_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path):
+    flags = "--preset densenet_bc_100_12 --depth 10 --growth-rate 4 --epochs 2"
+    flags += " --steps-per-epoch 2 --bn-recalibrate-steps 1 --quiet"
+    first = _command("train", *flags.split(), "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    with _small_disk(tmp_path, "20m") as disk:
+        shutil.copytree(tmp_path / "run", disk / "run", symlinks=True)
+        before = {p.name: p.read_bytes() for p in (disk / "run").iterdir() if p.is_file()}
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True)
+        if remounted.returncode != 0:
+            pytest.skip(f"the tmpfs cannot be made read-only here: {remounted.stderr!r}")
+        proc = _command("train", *flags.split(), "--resume", "--out", str(disk / "run"))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()[-1:]
+        assert line.startswith("keras-densenet train: error: --out"), line
+        assert line.endswith("is not writable: Read-only file system."), line
+        after = {p.name: p.read_bytes() for p in (disk / "run").iterdir() if p.is_file()}
+        assert after == before
 
 
 @pytest.mark.reliability("crash")

@@ -23,6 +23,7 @@ EXPECTED = {
         "fine-tuned test accuracy (classes 5-9)",
         "from scratch test accuracy (classes 5-9)",
     ),
+    "06_multilabel_and_gradcam.ipynb": ("test macro AUROC", "pointing game: Grad-CAM", "predicted ["),
 }
 
 
@@ -43,6 +44,7 @@ def test_notebooks_exist():
         "03_tuning.ipynb",
         "04_memory.ipynb",
         "05_fine_tuning.ipynb",
+        "06_multilabel_and_gradcam.ipynb",
     ]
 
 

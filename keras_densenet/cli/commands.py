@@ -125,6 +125,7 @@ def _checked_early(config: TrainConfig) -> int | None:
     if os.path.exists(os.path.join(config.out, rundir.CONFIG)):  # a resumed run
         from keras_densenet.training.resume import prepare_run_dir
 
+        rundir.ensure_writable_dir(config.out, keep=False)  # read-only: one line, exit 2
         with rundir.lock(config.out):
             return prepare_run_dir(config)
     from keras_densenet.data.sources import check_folder_early
