@@ -372,3 +372,27 @@ def test_help_is_fast_and_complete():
     assert "--top-k" in predict_help and "default: 3" in predict_help
     train_help = run_fast("train", "--help").stdout
     assert "densenet_bc_100_12 unless --depth or --blocks" in " ".join(train_help.split())
+
+
+@pytest.mark.reliability("silent_wrong_answer")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_that_python_swallows_still_exits_130(monkeypatch, capsys):
+    """A Ctrl-C landing in a finalizer (an iterator deleted after the last epoch) is
+    printed as "Exception ignored" and lost by Python; the command must not exit 0."""
+    import signal
+
+    from keras_densenet import cli
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    def command(args):
+        Finalized()  # deleted at once: the interrupt is raised inside __del__, and ignored
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "summary", command)
+    result = run_command(capsys, "summary")
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines()[-1] == "keras-densenet summary: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -11,9 +11,12 @@ loss, out of memory) ends with one line and exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from keras_densenet.cli.arguments import PROG, UsageError, build_parser, fail
 from keras_densenet.cli.commands import COMMANDS, parse_assignments
@@ -65,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(COMMANDS[args.command](args) or 0)
+        with _interrupts_remembered() as interrupted:
+            code = int(COMMANDS[args.command](args) or 0)
+        if interrupted():  # a Ctrl-C that Python swallowed (raised inside a __del__)
+            raise KeyboardInterrupt
+        return code
     except UsageError as err:
         fail(f"{PROG} {args.command}: error: {err}")
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
@@ -84,6 +91,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "No space left on device" in first:
             first += "; free some space and run it again"
         fail(f"{PROG} {args.command}: {first}", code=1)
+
+
+@contextlib.contextmanager
+def _interrupts_remembered() -> Iterator[Callable[[], bool]]:
+    """Remembers every SIGINT while the block runs; yields "was there one?".
+
+    Python raises KeyboardInterrupt where the signal lands; landing in a
+    finalizer (a dataset iterator deleted after the last epoch), it is
+    printed as "Exception ignored" and lost, and the command would exit 0.
+    The handler still raises it, as Python's own does.
+    """
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Python's handling as it is
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _os_error(err: OSError) -> str:
