@@ -68,6 +68,16 @@ def _check_head(
 TORCH_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
+#: What a missing ``weights`` file is answered with: nothing is downloaded.
+WEIGHTS_HINT = (
+    "nothing is downloaded: on a machine with internet get keras.applications' file (e.g. "
+    "densenet121_weights_tf_dim_ordering_tf_kernels.h5 from "
+    "https://storage.googleapis.com/tensorflow/keras-applications/densenet/) or torchvision's "
+    "(e.g. densenet121-a639ec97.pth from https://download.pytorch.org/models/), copy it here "
+    "and pass its path"
+)
+
+
 def is_torch_weights(weights: Any) -> bool:
     """Whether ``weights`` names a PyTorch checkpoint (by its file ending)."""
     return isinstance(weights, (str, os.PathLike)) and os.fspath(weights).endswith(
@@ -82,7 +92,7 @@ def _check_weights(weights: Any) -> None:
         raise TypeError(f"`weights` must be None or a path to a weights file, got {weights!r}.")
     path = os.fspath(weights)
     if not os.path.isfile(path):
-        raise ValueError(f"`weights` file not found: {path!r}.")
+        raise ValueError(f"`weights` file not found: {path!r}; {WEIGHTS_HINT}.")
     if not (path.endswith(".h5") or is_torch_weights(path)):
         raise ValueError(
             f"`weights` must be a Keras `.weights.h5` file, a keras.applications legacy `.h5` "

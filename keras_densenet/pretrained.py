@@ -121,7 +121,9 @@ def identify(path: str | os.PathLike) -> PretrainedSource:
     if os.path.isdir(path):
         return _identify_directory(path)
     if not os.path.exists(path):
-        raise ValueError(f"`weights` not found: {path!r}.")
+        from keras_densenet.models import WEIGHTS_HINT
+
+        raise ValueError(f"`weights` not found: {path!r}; {WEIGHTS_HINT}.")
     if not os.path.isfile(path):
         raise ValueError(f"`weights` {path!r} is not a file or directory.")
     head = _head_bytes(path)

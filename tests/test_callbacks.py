@@ -269,3 +269,18 @@ def test_throughput_of_each_phase_leaves_out_the_phase_s_first_epoch(monkeypatch
     assert meter.images_per_second(3) == 15.0  # median of 20 and 10
     assert meter.images_per_second(5) == 10.0  # a phase of one epoch: it counts
     assert meter.images_per_second(6) is None
+
+
+def test_throughput_counts_training_steps_only_not_validation():
+    import time
+
+    from keras_densenet.training.callbacks import ThroughputMeter
+
+    meter = ThroughputMeter(batch_size=10)
+    meter.on_epoch_begin(0)
+    for step in range(4):
+        time.sleep(0.01)
+        meter.on_train_batch_end(step)
+    time.sleep(0.2)  # validation and BN recalibration: not training
+    meter.on_epoch_end(0)
+    assert meter.epoch_rates[0] > 40 / 0.2  # 40 images in ~0.04 s, not in ~0.24 s

@@ -396,3 +396,23 @@ def test_a_ctrl_c_that_python_swallows_still_exits_130(monkeypatch, capsys):
     assert result.returncode == 130
     assert result.stderr.strip().splitlines()[-1] == "keras-densenet summary: interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_version_prints_the_package_version(capsys):
+    import keras_densenet
+
+    result = run_command(capsys, "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"keras-densenet {keras_densenet.__version__}"
+
+
+def test_weights_imagenet_says_nothing_is_downloaded_and_where_files_come_from(capsys, tmp_path):
+    from keras_densenet import build_densenet
+
+    with pytest.raises(ValueError, match="nothing is downloaded") as caught:
+        build_densenet("densenet121", weights="imagenet")
+    assert "densenet121_weights_tf_dim_ordering_tf_kernels.h5" in str(caught.value)
+    assert "densenet121-a639ec97.pth" in str(caught.value)
+    result = run_command(capsys, "train", "--weights", "imagenet", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "nothing is downloaded" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

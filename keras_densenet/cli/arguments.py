@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="DenseNets for Keras 3: train, evaluate, summarize, tune, export and predict.",
     )
+    from keras_densenet import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (
         _add_train,

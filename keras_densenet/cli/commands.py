@@ -142,18 +142,27 @@ def _checked_early(config: TrainConfig) -> int | None:
     return 0
 
 
+def _count(number: Any, noun: str) -> str:
+    """``"1 epoch"``, ``"10 epochs"``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _report(summary: dict[str, Any], out: str, complete: bool) -> int:
     """The run's last line (and that it was complete already)."""
     if complete:
-        print(f"run {out} is already complete ({summary.get('epochs')} epochs): nothing to do")
+        epochs = _count(summary.get("epochs"), "epoch")
+        print(f"run {out} is already complete ({epochs}): nothing to do")
     score = (
         f"test macro AUROC {summary['test_macro_auroc']:.4f}"
         if summary.get("multi_label")
         else f"test accuracy {summary['test_accuracy']:.4f}"
     )
+    trainable = summary.get("trainable_params")
+    params = f"{summary['params']:,}" + (f" ({trainable:,} trainable)" if trainable else "")
     print(
-        f"{score} | params {summary['params']:,} | "
-        f"{summary['epochs']} epochs | {summary['images_per_second'] or 0:.1f} images/s | "
+        f"{score} | params {params} | "
+        f"{_count(summary['epochs'], 'epoch')} | training {summary['images_per_second'] or 0:.1f} "
+        "images/s | "
         f"{summary['wall_time_s']:.0f} s | run {out}"
     )
     return 0

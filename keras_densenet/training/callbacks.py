@@ -103,17 +103,20 @@ class ThroughputMeter(keras.callbacks.Callback):
         self.epoch_rates: list[float] = []
         #: Epoch index -> images/s, for the epochs this process trained.
         self.rates_by_epoch: dict[int, float] = {}
-        self._start = 0.0
+        self._start = self._last = 0.0
         self._steps = 0
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._start, self._steps = time.perf_counter(), 0
+        self._last = self._start
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._steps += 1
+        self._last = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        elapsed = time.perf_counter() - self._start
+        # Training steps only: validation and BN recalibration come after the last one.
+        elapsed = self._last - self._start
         if self._steps and elapsed > 0:
             self.epoch_rates.append(self._steps * self.batch_size / elapsed)
             self.rates_by_epoch[epoch] = self.epoch_rates[-1]

@@ -98,6 +98,15 @@ def finish_run(
     from keras_densenet.viz import plot_history
 
     out = config.out
+    if config.verbose:
+        steps = [
+            f"BatchNorm statistics from {config.bn_recalibrate_steps} batches"
+            * bool(config.bn_recalibrate_steps),
+            "decision thresholds on validation" * data.multi_label,
+            f"test evaluation ({data.test_info.num_examples} images)" if data.test_info else "",
+            "plots",
+        ]
+        print(f"finishing: {', '.join(s for s in steps if s)}", flush=True)
     full_history = rundir.read_history(os.path.join(out, rundir.HISTORY))
     plot_history(full_history, os.path.join(out, rundir.CURVES), title=model.name)
     best_path = os.path.join(out, rundir.BEST)

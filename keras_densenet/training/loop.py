@@ -452,6 +452,11 @@ def describe_run(
         sizes += f" / {test.num_examples} test"
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     resumed = f" | resuming after epoch {done}" if done else ""
+    if done and rundir.read_summary(config.out) is not None:
+        resumed = (
+            f" | extending the finished {done}-epoch run to {config.epochs} epochs "
+            "(its summary.json and best.keras are replaced at the end)"
+        )
     return (
         f"{config.dataset} ({info.source}: {sizes}, {'x'.join(map(str, info.image_shape))}, "
         f"{info.num_classes} {'labels' if info.multi_label else 'classes'}) | "
