@@ -503,3 +503,24 @@ def test_serving_bytes_refuses_palette_bmps_and_reads_grey_and_24_bit_ones(loade
     for bad in (light.quantize(8), light.convert("1")):
         with pytest.raises(tf.errors.InvalidArgumentError, match="is a palette BMP"):
             serve(image_bytes=tf.constant([bmp(bad)]))
+
+
+def test_an_unchanged_model_file_exported_again_reuses_its_version(tmp_path, capsys) -> None:
+    from conftest import run_command
+
+    path = tmp_path / "levels.keras"
+    levels_model().save(path)
+    model_dir = tmp_path / "m"
+    first = export_savedmodel(path, model_dir)
+    written = os.path.getmtime(os.path.join(first, "saved_model.pb"))
+    assert export_savedmodel(path, model_dir) == first  # nothing written
+    assert os.path.getmtime(os.path.join(first, "saved_model.pb")) == written
+    # Other options, another file, overwrite or a version: a new version.
+    assert export_savedmodel(path, model_dir, max_image_pixels=1000) == str(model_dir / "2")
+    assert export_savedmodel(path, model_dir, overwrite=True) == str(model_dir / "3")
+    result = run_command(capsys, "export", str(path), "--out", str(model_dir))
+    assert result.returncode == 0
+    assert "version 3 already holds this model" in result.stdout
+    levels_model(size=5).save(path)
+    assert export_savedmodel(path, model_dir) == str(model_dir / "4")
+    assert sorted(os.listdir(model_dir)) == ["1", "2", "3", "4"]

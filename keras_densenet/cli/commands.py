@@ -329,14 +329,21 @@ def _export_now(args: argparse.Namespace) -> int:
         print(f"exported ONNX {onnx} (input 'images': float32 [N, H, W, C] raw pixels)")
         return 0
     names = ("version", "overwrite", "serving_dtype", "fold_batchnorm", "max_image_pixels")
+    before = export.list_versions(args.out) if os.path.isdir(args.out) else []
     path = export.export_savedmodel(
         args.model, args.out, **_options(args, (*names, "allow_unsafe"))
     )
     info = export.read_export_info(path)
-    print(
-        f"exported SavedModel {path} (serving dtype {info['serving_dtype']}, "
-        f"{info['batchnorm_folded']} BatchNormalizations folded into convolutions)"
-    )
+    if args.version is None and int(os.path.basename(path)) in before:
+        print(
+            f"version {os.path.basename(path)} already holds this model with these options: "
+            f"{path} (pass --version N to write another)"
+        )
+    else:
+        print(
+            f"exported SavedModel {path} (serving dtype {info['serving_dtype']}, "
+            f"{info['batchnorm_folded']} BatchNormalizations folded into convolutions)"
+        )
     if args.tflite:
         tflite = export.export_tflite(
             args.model,

@@ -214,6 +214,9 @@ def export_savedmodel(
 
     Note that TF Serving does not reload a version number it has already
     loaded: roll out a new model as a new version rather than overwriting.
+    Exporting an unchanged model file with the same options again (no
+    ``version`` given, no ``overwrite``) writes nothing and returns the highest version, which
+    holds it already (``export.json`` records a ``fingerprint`` of both).
 
     Args:
         model: A ``keras.Model`` taking raw pixels (0..255, shape
@@ -268,6 +271,13 @@ def export_savedmodel(
     if fold_batchnorm:
         served = folding.fold_batchnorm(served)
     _writable_model_dir(model_dir)
+    fingerprint = _fingerprint(
+        model, names, thresholds, dtype_of(served), fold_batchnorm, max_image_pixels
+    )
+    if requested is None and not overwrite and fingerprint is not None:
+        same = _version_holding(model_dir, fingerprint)
+        if same is not None:  # an unchanged model exported again: that version holds it
+            return same
     version = requested if requested is not None else _next_free(model_dir)
     info = {
         "source": model if isinstance(model, (str, os.PathLike)) else None,
@@ -281,6 +291,7 @@ def export_savedmodel(
         "multi_label": thresholds is not None,
         "max_image_pixels": max_image_pixels,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": fingerprint,
     }
     # os.mkdir, unlike mkdtemp, honours the umask (mkdtemp's 0700 would hide
     # the model from a TF Serving running as another user).
@@ -323,6 +334,33 @@ def _checked_thresholds(source: keras.Model, model: Any, given: Any) -> list[flo
             f"`thresholds` must be {len(stored)} numbers in [0, 1] (one per label), got {given!r}."
         )
     return [float(v) for v in values]
+
+
+def _fingerprint(model: Any, *options: Any) -> str | None:
+    """A digest of a model file and the export's options; None for a model in memory."""
+    import hashlib
+
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    digest = hashlib.sha256()
+    with open(rundir.model_file(model), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(json.dumps(options, default=str).encode())
+    return digest.hexdigest()
+
+
+def _version_holding(model_dir: str, fingerprint: str) -> str | None:
+    """The highest version whose export record has this fingerprint, if it is the highest."""
+    versions = list_versions(model_dir) if os.path.isdir(model_dir) else []
+    if not versions:
+        return None
+    path = os.path.join(model_dir, str(versions[-1]))
+    try:
+        info = read_export_info(path)
+    except ValueError:
+        return None
+    return path if info.get("fingerprint") == fingerprint else None
 
 
 def _check_target(model_dir: str, requested: int | None, overwrite: bool) -> None:
