@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=2000, help="test mosaics")
     parser.add_argument(
         "--arch",
-        default="--blocks 6,12,12 --growth-rate 16",
+        default="--preset densenet121 --blocks 6,12,12 --growth-rate 16",
         help="architecture flags of `train` (default: three blocks on the ImageNet stem)",
     )
     parser.add_argument("--epochs", type=int, default=15)

@@ -347,3 +347,32 @@ def test_tuning_a_label_file_is_scored_by_validation_auroc(tmp_path):
     path = _label_file(tmp_path, GOOD)
     assert DenseNetHyperModel({"labels": path}).objective == "val_auroc"
     assert DenseNetHyperModel({}).objective == "val_accuracy"
+
+
+def test_small_label_files_are_held_in_memory_and_stream_the_same(tmp_path, monkeypatch):
+    from keras_densenet.data import labels as label_files
+    from keras_densenet.data import load_dataset
+
+    names = [f"{i}.png" for i in range(6)]
+    for i, name in enumerate(names):
+        _image(tmp_path / name, value=40 * i)
+    rows = "".join(
+        f"{n},{'a|b' if i % 2 else 'b'},{'test' if i > 3 else 'train'}\n"
+        for i, n in enumerate(names)
+    )
+    (tmp_path / "labels.csv").write_text("image,labels,split\n" + rows)
+    path = str(tmp_path / "labels.csv")
+
+    def load():
+        args = {"batch_size": 8, "shuffle": False, "augment": False, "normalize": False}
+        dataset, info = load_dataset(path, "test", image_size=(4, 4), **args)
+        images, targets = next(iter(dataset))
+        return images.numpy(), targets.numpy(), info
+
+    in_memory = load()
+    monkeypatch.setattr(label_files, "IN_MEMORY_BYTES", 0)
+    streamed = load()
+    np.testing.assert_array_equal(in_memory[0], streamed[0])
+    np.testing.assert_array_equal(in_memory[1], streamed[1])
+    assert in_memory[2].mean == pytest.approx(streamed[2].mean)  # the training images' statistics
+    assert in_memory[0][:, 0, 0, 0].tolist() == [160, 200]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_densenet.data.base import STATS_CACHE, Source, dataset_stats, tf_module
+from keras_densenet.data.base import STATS_CACHE, Source, array_stats, dataset_stats, tf_module
 from keras_densenet.images import inspect_file
 
 #: The columns a label file has; ``split`` may be left out.
@@ -314,7 +314,11 @@ def load_labels(
     table = read_label_csv(path)
     table.check_training(validation_fraction)
     rows = _checked_rows(table, table.split_rows(split, validation_fraction), bad_images)
-    train_rows = rows if split == "train" else table.split_rows("train", validation_fraction)
+    train_rows = (
+        rows
+        if split == "train"
+        else _checked_rows(table, table.split_rows("train", validation_fraction), bad_images)
+    )
     first = inspect_file(train_rows[0].image)
     depth = channels or (1 if first.channels in (1, 2) else 3)
     sizes = {(info.height, info.width) for info in map(inspect_file, (r.image for r in rows))}
@@ -336,9 +340,18 @@ def load_labels(
 
         return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE), targets
 
-    dataset, targets = decoded(rows)
+    size = tuple(image_size) if image_size else (shape[:2] if None not in shape else None)
+    arrays = _in_memory(table, rows, depth, size) if size else None
+    if arrays is not None:  # small enough: decoded once, shuffled and recalibrated from memory
+        train_images = arrays if split == "train" else _in_memory(table, train_rows, depth, size)
+        targets = multi_hot(rows, table.label_names)
+        dataset = tf.data.Dataset.from_tensor_slices((arrays, targets))
+        stats = (lambda: array_stats(train_images)) if train_images is not None else None
+    else:
+        dataset, targets = decoded(rows)
+        stats = None
 
-    def stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def streamed_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
         key = (
             "labels",
             table.path,
@@ -357,11 +370,43 @@ def load_labels(
         num_examples=len(rows),
         class_names=table.label_names,
         image_shape=(*(image_size or shape[:2]), depth),
-        stats=stats,
-        in_memory=False,
+        stats=stats or streamed_stats,
+        in_memory=arrays is not None,
         multi_label=True,
         label_counts=tuple(int(c) for c in targets.sum(axis=0)),
     )
+
+
+#: Label files whose images take at most this many bytes decoded are held in memory
+#: (decoded once per process); larger ones are decoded from disk as they stream.
+IN_MEMORY_BYTES = 1 << 30
+# Decoded splits, per process: (file, its mtime, images, channels, size) -> uint8 array.
+_DECODED: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _in_memory(
+    table: LabelTable, rows: list[LabelRow], depth: int, size: tuple[int, int]
+) -> np.ndarray | None:
+    """The rows' images decoded to one uint8 array, or None when over `IN_MEMORY_BYTES`."""
+    if len(rows) * size[0] * size[1] * depth > IN_MEMORY_BYTES:
+        return None
+    key = (table.path, os.path.getmtime(table.path), tuple(r.image for r in rows), depth, size)
+    if key not in _DECODED:
+        tf = tf_module()
+        images = np.empty((len(rows), *size, depth), np.uint8)
+        for i, row in enumerate(rows):
+            image = tf.io.decode_image(
+                tf.io.read_file(row.image), channels=depth, expand_animations=False
+            )
+            if tuple(image.shape[:2]) != tuple(size):
+                image = tf.cast(
+                    tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8
+                )
+            images[i] = image.numpy()
+        for other in [k for k in _DECODED if k[:2] != key[:2]]:  # one label file at a time
+            del _DECODED[other]
+        _DECODED[key] = images
+    return _DECODED[key]
 
 
 def check_labels_early(
