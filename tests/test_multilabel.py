@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,7 +279,7 @@ def test_a_multi_label_export_answers_from_a_fresh_process(multilabel_run, capsy
 
     work, summary = multilabel_run
     version = export_savedmodel(str(work / "run"), str(work / "served"))
-    stored = json.loads(open(os.path.join(version, "assets.extra", "thresholds.json")).read())
+    stored = json.loads((Path(version) / "assets.extra" / "thresholds.json").read_text())
     assert list(stored) == summary["class_names"]
     files = sorted(str(p) for p in (work / "mosaics" / "test").iterdir())[:3]
     images = np.stack([np.asarray(Image.open(f))[..., None] for f in files])
@@ -307,6 +308,7 @@ def test_a_multi_label_export_answers_from_a_fresh_process(multilabel_run, capsy
         served["predicted"], probabilities >= np.asarray(served["thresholds"])
     )
     names, keras_scores, thresholds = predict_scores(str(work / "run"), images)
+    assert thresholds == pytest.approx(list(stored.values()))  # the run's, from thresholds.json
     np.testing.assert_allclose(probabilities, keras_scores, atol=1e-5)
     labels = predict_labels(version, images)
     for row, chosen in zip(probabilities, labels, strict=True):
