@@ -23,7 +23,11 @@ EXPECTED = {
         "fine-tuned test accuracy (classes 5-9)",
         "from scratch test accuracy (classes 5-9)",
     ),
-    "06_multilabel_and_gradcam.ipynb": ("test macro AUROC", "pointing game: Grad-CAM", "predicted ["),
+    "06_multilabel_and_gradcam.ipynb": (
+        "test macro AUROC",
+        "pointing game: Grad-CAM",
+        "predicted [",
+    ),
 }
 
 
