@@ -341,39 +341,25 @@ def test_a_multi_label_model_exports_to_onnx_and_tflite(multilabel_run):
     np.testing.assert_allclose(run_tflite(tflite, images.astype(np.uint8)), expected, atol=1e-4)
 
 
-def test_tuning_a_label_file_is_scored_by_validation_auroc(tmp_path):
+def test_tuning_a_label_file_is_scored_by_validation_auroc(multilabel_run, tmp_path):
     pytest.importorskip("keras_tuner")
-    from keras_densenet.tuning import DenseNetHyperModel
+    from keras_densenet.tuning import DenseNetHyperModel, tune
 
-    path = _label_file(tmp_path, GOOD)
-    assert DenseNetHyperModel({"labels": path}).objective == "val_auroc"
+    work, _ = multilabel_run
+    labels = str(work / "mosaics" / "labels.csv")
+    assert DenseNetHyperModel({"labels": labels}).objective == "val_auroc"
     assert DenseNetHyperModel({}).objective == "val_accuracy"
-
-
-def test_small_label_files_are_held_in_memory_and_stream_the_same(tmp_path, monkeypatch):
-    from keras_densenet.data import labels as label_files
-    from keras_densenet.data import load_dataset
-
-    names = [f"{i}.png" for i in range(6)]
-    for i, name in enumerate(names):
-        _image(tmp_path / name, value=40 * i)
-    rows = "".join(
-        f"{n},{'a|b' if i % 2 else 'b'},{'test' if i > 3 else 'train'}\n"
-        for i, n in enumerate(names)
+    base = {"labels": labels, "batch_size": 16, "steps_per_epoch": 2, "seed": 0, "verbose": 0}
+    base["bn_recalibrate_steps"] = 2
+    summary = tune(
+        base,
+        tuner="random",
+        max_trials=2,
+        max_epochs=1,
+        ranges={"growth_rate": (4, 8, 4), "layers_per_block": (1, 1)},
+        out=str(tmp_path / "search"),
     )
-    (tmp_path / "labels.csv").write_text("image,labels,split\n" + rows)
-    path = str(tmp_path / "labels.csv")
-
-    def load():
-        args = {"batch_size": 8, "shuffle": False, "augment": False, "normalize": False}
-        dataset, info = load_dataset(path, "test", image_size=(4, 4), **args)
-        images, targets = next(iter(dataset))
-        return images.numpy(), targets.numpy(), info
-
-    in_memory = load()
-    monkeypatch.setattr(label_files, "IN_MEMORY_BYTES", 0)
-    streamed = load()
-    np.testing.assert_array_equal(in_memory[0], streamed[0])
-    np.testing.assert_array_equal(in_memory[1], streamed[1])
-    assert in_memory[2].mean == pytest.approx(streamed[2].mean)  # the training images' statistics
-    assert in_memory[0][:, 0, 0, 0].tolist() == [160, 200]
+    best = summary["best"]
+    assert best["objective"] == "val_auroc" and 0 <= best["val_auroc"] == best["score"] <= 1
+    header = (tmp_path / "search" / "results.csv").read_text().splitlines()[0].split(",")
+    assert "objective" in header and "score" in header
