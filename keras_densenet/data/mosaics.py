@@ -92,6 +92,7 @@ def make_mosaics(
     seed: int = 0,
     rare_class: int | None = None,
     rare_fraction: float = 0.05,
+    rare_in_test: bool = True,
     data_dir: str | None = None,
 ) -> str:
     """Writes a mosaics dataset and returns its label file.
@@ -105,6 +106,9 @@ def make_mosaics(
         rare_class: A class index present in only ``rare_fraction`` of the
             mosaics (it is never drawn otherwise); None draws every class alike.
         rare_fraction: See ``rare_class``.
+        rare_in_test: Make the class rare in the test mosaics too; False
+            draws the test mosaics from every class alike (imbalanced
+            training, a balanced test).
         data_dir: Where the Fashion-MNIST IDX files are (default: where
             Debian's ``dataset-fashion-mnist`` puts them); without them the
             embedded sample's 3,000 + 1,000 images are used.
@@ -129,7 +133,8 @@ def make_mosaics(
     rows, layout = ["image,labels,split"], {}
     for split, count in (("train", train), ("test", test)):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
-        images, quadrants = _mosaics(*arrays[split], count, rng, rare_class, rare_fraction)
+        rare = rare_class if split == "train" or rare_in_test else None
+        images, quadrants = _mosaics(*arrays[split], count, rng, rare, rare_fraction)
         for i, (image, cells) in enumerate(zip(images, quadrants, strict=True)):
             name = f"{split}/{i:05d}.png"
             Image.fromarray(image).save(os.path.join(out_dir, name))
