@@ -225,8 +225,14 @@ class Clock:
 def test_throughput_is_images_over_seconds_after_the_first_epoch(monkeypatch):
     meter = ThroughputMeter(batch_size=16)
     assert meter.images_per_second() is None
-    # Epoch 0 (tracing): 2 steps in 4 s; then 4 steps in 2 s, 4 in 1 s, 4 in 4 s.
-    clock = Clock(0.0, 4.0, 10.0, 12.0, 20.0, 21.0, 30.0, 34.0)
+    # Epoch 0 (tracing): 2 steps in 4 s; then 4 steps in 2 s, 4 in 1 s, 4 in 4 s. The clock
+    # is read when an epoch begins and after each step (validation after the last is not timed).
+    clock = Clock(
+        *(0.0, 2.0, 4.0),
+        *(10.0, 10.5, 11.0, 11.5, 12.0),
+        *(20.0, 20.25, 20.5, 20.75, 21.0),
+        *(30.0, 31.0, 32.0, 33.0, 34.0),
+    )
     monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
     for steps in (2, 4, 4, 4):
         meter.on_epoch_begin(0)
@@ -240,7 +246,8 @@ def test_throughput_is_images_over_seconds_after_the_first_epoch(monkeypatch):
 
 def test_throughput_of_a_single_epoch_and_of_empty_ones(monkeypatch):
     meter = ThroughputMeter(batch_size=10)
-    monkeypatch.setattr(callbacks_module.time, "perf_counter", Clock(0.0, 5.0, 5.0, 6.0, 7.0, 7.0))
+    clock = Clock(0.0, 1.0, 3.0, 5.0, 6.0, 7.0, 7.0)  # begin, 3 steps; begin; begin, 1 step
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
     meter.on_epoch_begin(0)
     for batch in range(3):
         meter.on_train_batch_end(batch)

@@ -213,6 +213,8 @@ def test_options_table_and_legacy_values():
         "freeze_epochs": 0,
         "backbone_lr_scale": 1.0,
         "normalization": "auto",
+        "labels": None,
+        "class_weight": None,
     }
     for name, value in LEGACY_OPTIONS.items():
         assert OPTIONS[name].check(name, value) == value

@@ -154,6 +154,7 @@ def test_pipeline_shapes_dtypes_and_info():
         mean=info.mean,
         std=info.std,
         source="sample",
+        label_counts=(300,) * 10,  # the sample is class-balanced
     )
     raw = _sample()["x_train"].astype(np.float64)
     np.testing.assert_allclose(info.mean, [raw.mean()], rtol=1e-9)

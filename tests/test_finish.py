@@ -256,7 +256,7 @@ def test_recalibration_reads_as_many_batches_as_asked(run) -> None:
 def test_a_run_without_validation_has_no_best_validation_accuracy() -> None:
     config = TrainConfig()
     results = _results(
-        {"epoch": [0, 1], "loss": [0.9, 0.5]}, 0.7, (0.6, 0.7), "recalibrated", config
+        {"epoch": [0, 1], "loss": [0.9, 0.5]}, {"accuracy": 0.7}, (0.6, 0.7), "recalibrated", config
     )
     assert results["test_accuracy_before_recalibration"] == 0.6
     assert results["test_accuracy_after_recalibration"] == 0.7

@@ -444,7 +444,10 @@ def test_a_resumed_run_says_where_it_resumes_and_a_nan_names_its_epoch(
     printed = capsys.readouterr().out.splitlines()
     data = load_training_data(resumed)
     assert printed[0] == describe_run(resumed, data, _model(config), False, done=1)
-    assert printed[0].endswith(f" | float32, XLA off | {config.out} | resuming after epoch 1")
+    assert printed[0].endswith(
+        f" | float32, XLA off | {config.out} | extending the finished 1-epoch run to 2 epochs "
+        "(its summary.json and best.keras are replaced at the end)"
+    )
 
 
 def test_train_puts_back_the_distribution_it_found_even_when_it_fails(folder, tmp_path) -> None:

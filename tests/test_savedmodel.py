@@ -146,7 +146,9 @@ def test_class_names_and_the_export_record_in_assets_extra(version) -> None:
         "batchnorm_folded": 0,
         "input_shape": [4, 4, 1],
         "num_classes": 3,
+        "multi_label": False,
         "max_image_pixels": 50_000_000,
+        "fingerprint": None,  # a model in memory: no file to recognise again
         "version": 1,
     }
     with open(os.path.join(version, "assets.extra", "export.json"), encoding="utf-8") as f:

@@ -125,13 +125,17 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> 
     json_path = os.path.join(out, "results.json")
     write_json(json_path, list(rows))
     csv_path = os.path.join(out, "results.csv")
+    # The objective's own column too (val_accuracy, or val_auroc for multi-label data).
+    objective = rows[0].get("objective", "val_accuracy") if rows else "val_accuracy"
+    at = _CSV_COLUMNS.index("score") + 1
+    columns = [*_CSV_COLUMNS[:at], objective, *_CSV_COLUMNS[at:]]
     with _io.atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            flat = {k: row.get(k) for k in _CSV_COLUMNS}
+            flat = {k: row.get(k) for k in columns}
             arch = row["architecture"]
-            flat.update({k: arch.get(k) for k in _CSV_COLUMNS if k in arch})
+            flat.update({k: arch.get(k) for k in columns if k in arch})
             flat["blocks"] = "-".join(map(str, arch["blocks"]))
             writer.writerow({k: "" if v is None else v for k, v in flat.items()})
     return csv_path, json_path
