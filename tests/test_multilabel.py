@@ -354,7 +354,7 @@ def test_tuning_a_label_file_is_scored_by_validation_auroc(multilabel_run, tmp_p
     summary = tune(
         base,
         tuner="random",
-        max_trials=2,
+        max_trials=1,
         max_epochs=1,
         ranges={"growth_rate": (4, 8, 4), "layers_per_block": (1, 1)},
         out=str(tmp_path / "search"),

@@ -52,7 +52,19 @@ def test_notebooks_exist():
     ]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+#: Notebooks that explain (the dense connectivity, the memory figures) rather than run a
+#: user's path: executed by the slow layer, which CI runs after the default one.
+EXPLAINERS = ("02_dense_connectivity.ipynb", "04_memory.ipynb")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in EXPLAINERS else p
+        for p in NOTEBOOKS
+    ],
+    ids=[os.path.basename(p) for p in NOTEBOOKS],
+)
 def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_QUICK", "1")  # the kernel inherits it: smaller searches
     notebook = nbformat.read(path, as_version=4)

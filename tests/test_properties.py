@@ -120,7 +120,7 @@ arguments = st.one_of(plausible, plausible, plausible, anything)
 @pytest.mark.reliability("bad_input")
 # 50 draws, each building a real Keras model (test_architecture.py checks the
 # closed forms themselves against hand-computed counts).
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arguments)
 def test_build_matches_closed_form_or_raises(args):
     kwargs = {
