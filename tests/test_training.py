@@ -323,7 +323,7 @@ DATA_PARALLEL = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # two JAX processes (40 s); test_recipe checks the device split in the default run
+@pytest.mark.slow  # two JAX processes (40 s); test_recipe checks the device split by default
 def test_jax_data_parallel_two_hosts_on_localhost(tmp_path):
     """Two processes, one JAX CPU device each, joined by keras.distribution.initialize."""
     out = str(tmp_path / "dp")
