@@ -68,9 +68,13 @@ def _train(labels: Path, out: Path, args: argparse.Namespace, *extra: str) -> di
         subprocess.run(command, check=True)
     summary = json.loads((out / "summary.json").read_text())
     evaluation = json.loads((out / "evaluation.json").read_text())
+    import tempfile
+
     from keras_densenet.evaluation import evaluate
 
-    at_half = evaluate(str(out), out=None, thresholds=[0.5] * len(summary["class_names"]))
+    with tempfile.TemporaryDirectory() as scratch:  # the run's own evaluation.json stays
+        half = [0.5] * len(summary["class_names"])
+        at_half = evaluate(str(out), out=scratch, thresholds=half)
     return {
         "recall_at_0.5": {n: s["recall"] for n, s in at_half["per_label"].items()},
         "precision_at_0.5": {n: s["precision"] for n, s in at_half["per_label"].items()},
