@@ -100,6 +100,7 @@ def test_a_byte_order_mark_is_dropped_with_one_warning(tmp_path):
         (GOOD.replace("c.png,cat,test", "c.png,cat,later"), "row 4: split 'later'"),
         (GOOD.replace("b.png,dog,train", "b.png,dog||cat,train"), "row 3: empty label"),
         ("image,labels\na.png,\n", "names no label"),
+        (GOOD + "a\0b.png,cat,train\n", "row 5: the image path holds a NUL character"),
     ],
 )
 def test_bad_label_files_name_the_file_and_row(tmp_path, text, message):
@@ -107,6 +108,49 @@ def test_bad_label_files_name_the_file_and_row(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as caught:
         read_label_csv(path)
     assert "labels.csv" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_directory_non_images_and_undecodable_images_are_named(tmp_path, capsys):
+    from keras_densenet.data import load_dataset
+
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ValueError, match=r"'.*dir\.csv' is a directory"):
+        read_label_csv(tmp_path / "dir.csv")
+    path = _label_file(tmp_path, GOOD)
+    (tmp_path / "b.png").write_bytes(b"hello, not an image")
+    out = tmp_path / "run"
+    flags = ("--labels", path, "--validation-fraction", "0", "--out", str(out))
+    result = run_command(capsys, "train", *flags)
+    assert result.returncode == 2 and not out.exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("keras-densenet train: error: --labels file") and "row 3" in line
+    # A PNG whose header and end are fine but whose pixels do not decode: named by its row.
+    good = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(good[:40] + bytes(len(good) - 52) + good[-12:])
+    with pytest.raises(ValueError, match=r"row 3: image .*b\.png' does not decode"):
+        load_dataset(path, "train", batch_size=2)
+
+
+def test_a_label_seen_only_in_a_carved_validation_row_is_named_so(tmp_path):
+    from keras_densenet.data.labels import check_labels_early
+
+    names = [f"{i}.png" for i in range(10)]
+
+    def write(z_row: int) -> str:
+        rows = "".join(f"{n},{'z' if i == z_row else 'a'},train\n" for i, n in enumerate(names))
+        return _label_file(
+            tmp_path, "image,labels,split\n" + rows + "t.png,a,test\n", [*names, "t.png"]
+        )
+
+    carved = read_label_csv(write(-1)).split_rows("validation", 0.5)
+    z_row = int(Path(carved[0].image).stem)  # a row the carve holds out
+    path = write(z_row)
+    with pytest.raises(ValueError, match=f"row {z_row + 2}, a train row held out for validation"):
+        check_labels_early(path, ("train", "validation", "test"), 0.5)
+    check_labels_early(path, ("train", "test"), None)  # validating on test: 'z' trains
+    (tmp_path / "one.csv").write_text("image,labels\n0.png,a\n")
+    with pytest.raises(ValueError, match="too few to hold one out"):
+        check_labels_early(str(tmp_path / "one.csv"), ("train", "test"), None)
 
 
 def test_a_label_seen_only_in_test_is_refused_naming_its_row(tmp_path):

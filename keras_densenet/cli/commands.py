@@ -136,7 +136,7 @@ def _checked_early(config: TrainConfig) -> int | None:
         identify(config.weights)  # exists, and is the format its name says
     fraction = config.validation_fraction or None
     splits = ("train", "test", "validation") if fraction else ("train", "test")
-    check_folder_early(config.dataset, config.data_dir, splits, fraction)
+    check_folder_early(config.dataset, config.data_dir, splits, fraction, config.bad_images)
     rundir.check_new_run_dir(config.out)
     rundir.ensure_writable_dir(config.out, keep=False)
     return 0

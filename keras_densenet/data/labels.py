@@ -16,6 +16,7 @@ there), each error naming the file, the row and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -93,10 +94,12 @@ class LabelTable:
         if not rows:
             how = (
                 "give it rows with split 'validation', or a validation fraction"
-                if split == "validation"
+                if split == "validation" and not validation_fraction
                 else f"give it rows with split {split!r}"
             )
-            raise ValueError(f"Label file {self.path!r} has no {split} images: {how}.")
+            if len(self.rows) < 3 and split != "train":
+                how = f"its {len(self.rows)} row(s) are too few to hold one out; {how}"
+            raise ValueError(f"`labels` file {self.path!r} has no {split} images: {how}.")
         return rows
 
     def check_training(self, validation_fraction: float | None) -> None:
@@ -108,12 +111,18 @@ class LabelTable:
         trained = {
             label for r in self.split_rows("train", validation_fraction) for label in r.labels
         }
+        validation: set[LabelRow] = set()
+        if validation_fraction and self.has_split:
+            with contextlib.suppress(ValueError):  # no rows to carve: split_rows says so
+                validation = set(self.split_rows("validation", validation_fraction))
         for name in self.label_names:
             if name not in trained:
                 first = next(r for r in self.rows if name in r.labels)
                 split = first.split or "held out"
+                if split == "train" and first in validation:
+                    split = "a train row held out for validation (--validation-fraction)"
                 raise ValueError(
-                    f"Label file {self.path!r}: label {name!r} (first in row {first.line}, "
+                    f"`labels` file {self.path!r}: label {name!r} (first in row {first.line}, "
                     f"{split}) has no positive example among the training rows: the model "
                     "cannot learn it."
                 )
@@ -138,9 +147,11 @@ def is_label_file(name: str | os.PathLike) -> bool:
 
 
 def _read_lines(path: str) -> list[list[str]]:
+    if os.path.isdir(path):
+        raise ValueError(f"`labels` file {path!r} is a directory: give the CSV file.")
     if not os.path.isfile(path):
         raise ValueError(
-            f"Label file not found: {path!r} (a CSV with columns image,labels[,split])."
+            f"`labels` file not found: {path!r} (a CSV with columns image,labels[,split])."
         )
     try:
         with open(path, "rb") as f:
@@ -149,28 +160,30 @@ def _read_lines(path: str) -> list[list[str]]:
         raise ValueError(f"Cannot read label file {path!r}: {err.strerror or err}.") from err
     if raw.startswith(b"\xef\xbb\xbf"):
         warnings.warn(
-            f"Label file {path!r} starts with a UTF-8 byte-order mark: ignored.", stacklevel=4
+            f"`labels` file {path!r} starts with a UTF-8 byte-order mark: ignored.", stacklevel=4
         )
         raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"Label file {path!r} is not UTF-8 text (byte {err.start}).") from None
+        raise ValueError(f"`labels` file {path!r} is not UTF-8 text (byte {err.start}).") from None
     try:
         return list(csv.reader(text.splitlines(), strict=True))
     except csv.Error as err:
-        raise ValueError(f"Label file {path!r} is not valid CSV: {err}.") from None
+        raise ValueError(f"`labels` file {path!r} is not valid CSV: {err}.") from None
 
 
 def _header(path: str, lines: list[list[str]]) -> list[str]:
     if not lines:
-        raise ValueError(f"Label file {path!r} is empty: it needs the header image,labels[,split].")
+        raise ValueError(
+            f"`labels` file {path!r} is empty: it needs the header image,labels[,split]."
+        )
     header = [c.strip() for c in lines[0]]
     unknown = [c for c in header if c not in COLUMNS]
     missing = [c for c in COLUMNS[:2] if c not in header]
     if unknown or missing or len(set(header)) != len(header):
         raise ValueError(
-            f"Label file {path!r} has the header {','.join(header)!r}; it must be "
+            f"`labels` file {path!r} has the header {','.join(header)!r}; it must be "
             f"image,labels or image,labels,split"
             + (f" (unknown: {unknown})" if unknown else "")
             + (f" (missing: {missing})" if missing else "")
@@ -180,7 +193,7 @@ def _header(path: str, lines: list[list[str]]) -> list[str]:
 
 
 def _row(path: str, folder: str, header: list[str], fields: list[str], line: int) -> LabelRow:
-    where = f"Label file {path!r}, row {line}"
+    where = f"`labels` file {path!r}, row {line}"
     if len(fields) != len(header):
         raise ValueError(
             f"{where}: {len(fields)} fields where the header has {len(header)} "
@@ -192,6 +205,8 @@ def _row(path: str, folder: str, header: list[str], fields: list[str], line: int
         raise ValueError(f"{where}: the image path is empty.")
     if os.path.isabs(image):
         raise ValueError(f"{where}: image {image!r} must be a path relative to the CSV's folder.")
+    if "\0" in image:
+        raise ValueError(f"{where}: the image path holds a NUL character.")
     full = os.path.realpath(os.path.join(folder, image))
     if os.path.commonpath([full, folder]) != folder:
         raise ValueError(f"{where}: image {image!r} is outside the CSV's folder {folder!r}.")
@@ -237,16 +252,17 @@ def read_label_csv(path: str | os.PathLike) -> LabelTable:
         row = _row(path, folder, header, fields, number)
         if row.image in seen:
             raise ValueError(
-                f"Label file {path!r}, row {number}: image {os.path.relpath(row.image, folder)!r} "
-                f"is listed again (first in row {seen[row.image]}); list each image once."
+                f"`labels` file {path!r}, row {number}: image "
+                f"{os.path.relpath(row.image, folder)!r} is listed again (first in row "
+                f"{seen[row.image]}); list each image once."
             )
         seen[row.image] = number
         rows.append(row)
     if not rows:
-        raise ValueError(f"Label file {path!r} lists no image.")
+        raise ValueError(f"`labels` file {path!r} lists no image.")
     names = sorted({label for row in rows for label in row.labels})
     if not names:
-        raise ValueError(f"Label file {path!r} names no label in any row.")
+        raise ValueError(f"`labels` file {path!r} names no label in any row.")
     return LabelTable(path, tuple(rows), tuple(names), "split" in header)
 
 
@@ -268,7 +284,7 @@ def _checked_rows(table: LabelTable, rows: list[LabelRow], bad_images: str) -> l
         except ValueError as err:
             if bad_images == "error":
                 raise ValueError(
-                    f"Label file {table.path!r}, row {row.line}: {err} Remove or replace it, or "
+                    f"`labels` file {table.path!r}, row {row.line}: {err} Remove or replace it, or "
                     "skip such files with `bad_images='skip'`."
                 ) from None
             bad.append((row, str(err)))
@@ -281,7 +297,7 @@ def _checked_rows(table: LabelTable, rows: list[LabelRow], bad_images: str) -> l
             stacklevel=5,
         )
     if not good:
-        raise ValueError(f"Label file {table.path!r} has no readable image in this split.")
+        raise ValueError(f"`labels` file {table.path!r} has no readable image in this split.")
     return good
 
 
@@ -395,9 +411,15 @@ def _in_memory(
         tf = tf_module()
         images = np.empty((len(rows), *size, depth), np.uint8)
         for i, row in enumerate(rows):
-            image = tf.io.decode_image(
-                tf.io.read_file(row.image), channels=depth, expand_animations=False
-            )
+            try:
+                image = tf.io.decode_image(
+                    tf.io.read_file(row.image), channels=depth, expand_animations=False
+                )
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
+                raise ValueError(
+                    f"`labels` file {table.path!r}, row {row.line}: image {row.image!r} does not "
+                    f"decode ({err.message.splitlines()[0]}); remove or replace it."
+                ) from None
             if tuple(image.shape[:2]) != tuple(size):
                 image = tf.cast(
                     tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8
@@ -410,7 +432,10 @@ def _in_memory(
 
 
 def check_labels_early(
-    path: str, splits: tuple[str, ...], validation_fraction: float | None
+    path: str,
+    splits: tuple[str, ...],
+    validation_fraction: float | None,
+    bad_images: str = "error",
 ) -> None:
     """`load_labels`' checks of the file and its splits, without TensorFlow.
 
@@ -418,6 +443,8 @@ def check_labels_early(
         path: The CSV file.
         splits: The splits that will be loaded.
         validation_fraction: See `LabelTable.split_rows`.
+        bad_images: ``"error"`` refuses a file that is not a readable image
+            (checked from its header and end, naming its row).
 
     Raises:
         ValueError: As `load_labels` would, before any image is decoded.
@@ -425,7 +452,9 @@ def check_labels_early(
     table = read_label_csv(path)
     table.check_training(validation_fraction)
     for split in splits:
-        table.split_rows(split, validation_fraction)
+        rows = table.split_rows(split, validation_fraction)
+        if bad_images == "error":  # skipped files are counted, with a warning, when loaded
+            _checked_rows(table, rows, bad_images)
 
 
 __all__ = [

@@ -170,6 +170,7 @@ def check_folder_early(
     data_dir: str | None,
     splits: tuple[str, ...],
     validation_fraction: float | None,
+    bad_images: str = "error",
 ) -> None:
     """Checks an image folder's layout before TensorFlow is imported, where it can.
 
@@ -183,12 +184,14 @@ def check_folder_early(
         data_dir: Where to look (see `keras_densenet.data.load_dataset`).
         splits: The splits that will be loaded.
         validation_fraction: Part of train carved off as validation, or None.
+        bad_images: A label file's images are checked from their headers
+            with ``"error"``; with ``"skip"`` they are left to the loader.
 
     Raises:
         ValueError: If the folder cannot give those splits (see `check_folder`).
     """
     if is_label_file(name):
-        check_labels_early(name, splits, validation_fraction)
+        check_labels_early(name, splits, validation_fraction, bad_images)
         return
     root = folder_root(name, data_dir)
     if name == SAMPLE_NAME or TFDS_NAME.match(name) or root is None:

@@ -95,7 +95,7 @@ def balanced_weights(counts: np.ndarray, info: Any) -> np.ndarray:
             what = "positive" if count <= 0 else "negative"
             raise ValueError(
                 f"`class_weight`='balanced': class {name!r} has no {what} training example in "
-                f"{info.name!r}, so it has no weight; drop the class or leave out class_weight."
+                f"{info.name!r}, so it has no weight; drop the class or leave out `class_weight`."
             )
     if info.multi_label:
         return (total - counts) / counts
