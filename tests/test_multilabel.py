@@ -407,3 +407,42 @@ def test_tuning_a_label_file_is_scored_by_validation_auroc(multilabel_run, tmp_p
     assert best["objective"] == "val_auroc" and 0 <= best["val_auroc"] == best["score"] <= 1
     header = (tmp_path / "search" / "results.csv").read_text().splitlines()[0].split(",")
     assert "objective" in header and "score" in header
+
+
+def test_labels_combine_with_pretrained_weights(multilabel_run, tmp_path):
+    """Fine-tuning a multi-label head on a run's backbone (a single- or multi-label source)."""
+    from keras_densenet.rundir import load_model
+    from keras_densenet.training import train
+
+    work, _ = multilabel_run
+    source = load_model(work / "run" / "best.keras", compile=False)
+    summary = train(
+        {
+            "labels": str(work / "mosaics" / "labels.csv"),
+            "weights": str(work / "run"),
+            "blocks": [2, 2],
+            "growth_rate": 4,
+            "epochs": 1,
+            "freeze_epochs": 1,  # the backbone stays as the source's, bit for bit
+            "batch_size": 16,
+            "steps_per_epoch": 2,
+            "bn_recalibrate_steps": 0,
+            "seed": 0,
+            "verbose": 0,
+            "out": str(tmp_path / "fine"),
+        }
+    )
+    assert summary["multi_label"] and summary["weights_kind"] is not None
+    tuned = load_model(tmp_path / "fine" / "best.keras", compile=False)
+    from keras_densenet.heads import HEAD_LAYERS
+
+    compared = 0
+    for layer in tuned.layers:
+        if layer.name in HEAD_LAYERS or not layer.weights:
+            continue
+        for mine, theirs in zip(
+            layer.get_weights(), source.get_layer(layer.name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(mine, theirs)
+            compared += 1
+    assert compared > 10
