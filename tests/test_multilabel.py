@@ -446,3 +446,14 @@ def test_labels_combine_with_pretrained_weights(multilabel_run, tmp_path):
             np.testing.assert_array_equal(mine, theirs)
             compared += 1
     assert compared > 10
+
+
+def test_the_command_says_a_warning_in_one_line_once(tmp_path, capsys):
+    path = _label_file(tmp_path, "\ufeff" + GOOD + "missing.png,cat,train\n")
+    result = run_command(capsys, "train", "--labels", path, "--out", str(tmp_path / "run"))
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"keras-densenet train: warning: `labels` file {path!r} starts with a UTF-8 "
+        "byte-order mark: ignored."
+    )
+    assert len(lines) == 2 and "row 5" in lines[1] and result.returncode == 2

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _interrupts_remembered() as interrupted:
+        with _interrupts_remembered() as interrupted, _one_line_warnings(args.command):
             code = int(COMMANDS[args.command](args) or 0)
         if interrupted():  # a Ctrl-C that Python swallowed (raised inside a __del__)
             raise KeyboardInterrupt
@@ -91,6 +91,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "No space left on device" in first:
             first += "; free some space and run it again"
         fail(f"{PROG} {args.command}: {first}", code=1)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """The package's own warnings as one line each, each said once, while the block runs.
+
+    Python's format takes two lines (the file and line, then the source line
+    that warned); a user of the command needs the message alone.
+    """
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    said: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+        if not os.path.abspath(filename).startswith(package):
+            previous(message, category, filename, lineno, *rest)
+            return
+        text = " ".join(str(message).split())
+        if text not in said:
+            said.add(text)
+            print(f"{PROG} {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @contextlib.contextmanager
