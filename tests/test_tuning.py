@@ -693,3 +693,15 @@ def test_a_moved_tuning_directory_resumes_and_other_options_are_still_refused(tm
     changed["base"].pop("out")
     with pytest.raises(ValueError, match="holds a search with other options"):
         _prepare_out(str(moved), changed, overwrite=False)
+
+
+@pytest.mark.slow  # a whole search (30 s); the default run has the factor-2 Hyperband fixture
+def test_quick_search_runs_the_three_trials_it_announces(tmp_path, capsys):
+    """`tune --quick` says 3 trials: Hyperband's factor 2 over 2 epochs runs exactly 3."""
+    from conftest import run_command
+
+    out = tmp_path / "quick"
+    flags = ("--quick", "--dataset", "fashion_mnist_sample", "--steps-per-epoch", "2")
+    result = run_command(capsys, "tune", *flags, "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 trials: 3 completed" in result.stdout

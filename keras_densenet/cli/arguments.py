@@ -350,8 +350,8 @@ def _add_search_flags(search: Any) -> None:
     search.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run that finishes in minutes: {QUICK['max_trials']} trials of "
-        f"{QUICK['max_epochs']} epochs x {QUICK['steps_per_epoch']} steps, k in "
+        help=f"a smoke run that finishes in minutes: {QUICK['max_trials']} Hyperband trials of "
+        f"1-{QUICK['max_epochs']} epochs x {QUICK['steps_per_epoch']} steps, k in "
         f"{QUICK['ranges']['growth_rate'][:2]}, 1-2 layers per block (flags override it)",
     )
     search.add_argument(
@@ -367,7 +367,10 @@ def _add_search_flags(search: Any) -> None:
         help="epochs per trial; Hyperband: the most for one model (default 20)",
     )
     search.add_argument(
-        "--factor", type=_int(2, 1000), default=3, help="Hyperband reduction factor (default 3)"
+        "--factor",
+        type=_int(2, 1000),
+        default=None,
+        help="Hyperband reduction factor (default 3; 2 with --quick)",
     )
     search.add_argument(
         "--max-params",

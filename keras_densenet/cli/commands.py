@@ -567,7 +567,7 @@ def _tune(args: argparse.Namespace) -> int:
         tuner=args.tuner,
         max_trials=max_trials,
         max_epochs=max_epochs,
-        factor=args.factor,
+        factor=args.factor or (QUICK["factor"] if args.quick else 3),
         ranges=ranges,
         fixed=fixed,
         max_params=args.max_params,

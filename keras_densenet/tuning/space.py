@@ -54,6 +54,9 @@ QUICK = MappingProxyType(
         "ranges": MappingProxyType({"growth_rate": (4, 12, 4), "layers_per_block": (1, 2)}),
         "max_trials": 3,
         "max_epochs": 2,
+        # Hyperband with 2 epochs and factor 3 has one bracket of 2 trials; factor 2 runs
+        # the 3: two 1-epoch trials, then the better one continued to 2 epochs.
+        "factor": 2,
         "steps_per_epoch": 20,
     }
 )
