@@ -374,7 +374,7 @@ def test_help_is_fast_and_complete():
     assert "densenet_bc_100_12 unless --depth or --blocks" in " ".join(train_help.split())
 
 
-@pytest.mark.reliability("silent_wrong_answer")
+@pytest.mark.reliability("silent wrong answer")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_ctrl_c_that_python_swallows_still_exits_130(monkeypatch, capsys):
     """A Ctrl-C landing in a finalizer (an iterator deleted after the last epoch) is
