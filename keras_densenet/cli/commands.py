@@ -383,8 +383,6 @@ def _predict(args: argparse.Namespace) -> int:
         read_image_file(path, args.max_image_pixels)
     explain_paths = _explain_paths(args)
     _import_keras()
-    import numpy as np
-
     from keras_densenet import export
 
     images: Any = list(args.images)
@@ -403,11 +401,7 @@ def _predict(args: argparse.Namespace) -> int:
     if thresholds is not None:  # multi-label: every label at or above its threshold
         results = export.labels_above(names, probabilities, thresholds)
     else:
-        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, : args.top_k]
-        results = [
-            [(names[c], float(p[c])) for c in row]
-            for p, row in zip(probabilities, order, strict=True)
-        ]
+        results = export.top_classes(names, probabilities, args.top_k)
     for label, truth, top in zip(labels, truths, results, strict=True):
         guesses = ", ".join(f"{name} {prob:.3f}" for name, prob in top)
         if thresholds is not None:

@@ -357,9 +357,11 @@ def load_labels(
         return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE), targets
 
     size = tuple(image_size) if image_size else (shape[:2] if None not in shape else None)
-    arrays = _in_memory(table, rows, depth, size) if size else None
+    arrays = _in_memory(table, rows, decoded, depth, size) if size else None
     if arrays is not None:  # small enough: decoded once, shuffled and recalibrated from memory
-        train_images = arrays if split == "train" else _in_memory(table, train_rows, depth, size)
+        train_images = (
+            arrays if split == "train" else _in_memory(table, train_rows, decoded, depth, size)
+        )
         targets = multi_hot(rows, table.label_names)
         dataset = tf.data.Dataset.from_tensor_slices((arrays, targets))
         stats = (lambda: array_stats(train_images)) if train_images is not None else None
@@ -401,30 +403,30 @@ _DECODED: dict[tuple[Any, ...], np.ndarray] = {}
 
 
 def _in_memory(
-    table: LabelTable, rows: list[LabelRow], depth: int, size: tuple[int, int]
+    table: LabelTable, rows: list[LabelRow], decoded: Any, depth: int, size: tuple[int, int]
 ) -> np.ndarray | None:
-    """The rows' images decoded to one uint8 array, or None when over `IN_MEMORY_BYTES`."""
+    """The rows' images decoded (by ``decoded``, resized to ``size``) to one uint8 array,
+    or None when over `IN_MEMORY_BYTES`."""
     if len(rows) * size[0] * size[1] * depth > IN_MEMORY_BYTES:
         return None
     key = (table.path, os.path.getmtime(table.path), tuple(r.image for r in rows), depth, size)
     if key not in _DECODED:
         tf = tf_module()
         images = np.empty((len(rows), *size, depth), np.uint8)
+        examples = decoded(rows)[0].as_numpy_iterator()  # in row order
         for i, row in enumerate(rows):
             try:
-                image = tf.io.decode_image(
-                    tf.io.read_file(row.image), channels=depth, expand_animations=False
-                )
+                image, _ = next(examples)
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
                 raise ValueError(
                     f"`labels` file {table.path!r}, row {row.line}: image {row.image!r} does not "
                     f"decode ({err.message.splitlines()[0]}); remove or replace it."
                 ) from None
-            if tuple(image.shape[:2]) != tuple(size):
+            if image.shape[:2] != size:  # another split's size: as the model will see it
                 image = tf.cast(
                     tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8
-                )
-            images[i] = image.numpy()
+                ).numpy()
+            images[i] = image
         for other in [k for k in _DECODED if k[:2] != key[:2]]:  # one label file at a time
             del _DECODED[other]
         _DECODED[key] = images

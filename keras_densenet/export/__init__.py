@@ -55,6 +55,7 @@ _EXPORTS = {
     "serving_request_body": "serving",
     "tensorflow_serving_command": "serving",
     "tflite_interpreter": "tflite",
+    "top_classes": "predict",
     "with_serving_dtype": "model",
 }
 

@@ -202,9 +202,18 @@ def predict(
     names, outputs, _ = predict_scores(
         model_or_path, images, class_names, max_image_pixels, allow_unsafe
     )
-    k = min(top_k, outputs.shape[-1]) if len(outputs) else 0
-    order = np.argsort(-outputs, axis=-1, kind="stable")[:, :k]
-    return [[(names[c], float(outputs[row, c])) for c in order[row]] for row in range(len(outputs))]
+    return top_classes(names, outputs, top_k)
+
+
+def top_classes(
+    names: Sequence[str], probabilities: np.ndarray, top_k: int
+) -> list[list[tuple[str, float]]]:
+    """Per row, the ``top_k`` ``(class, probability)`` pairs, most likely first."""
+    order = np.argsort(-np.asarray(probabilities), axis=-1, kind="stable")[:, :top_k]
+    return [
+        [(names[c], float(row[c])) for c in top]
+        for row, top in zip(probabilities, order, strict=True)
+    ]
 
 
 def predict_labels(
@@ -264,4 +273,4 @@ def labels_above(
     return result
 
 
-__all__ = ["labels_above", "predict", "predict_labels", "predict_scores"]
+__all__ = ["labels_above", "predict", "predict_labels", "predict_scores", "top_classes"]
